@@ -1,0 +1,160 @@
+# medalist — a Kaggle classification competition from `make download` to `make submit`.
+# Every arrow is a real file: make reruns only what changed. `make help` lists the targets.
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DELETE_ON_ERROR:
+.SUFFIXES:
+MAKEFLAGS += --no-builtin-rules
+
+# ---------------------------------------------------------------- knobs (make VAR=value)
+COMP     ?= demo#            competition: configs/competitions/$(COMP).yaml
+MODELS   ?= tfidf embed minilm#  runs to train / ensemble (configs/models/<model>.yaml)
+USE_GEN  ?= 0#               1: train on generated rows too (runs get a +gen suffix)
+TTA      ?= 1#               1: the ensemble reads each run's tta/ (used only where it helps OOF)
+FOLDS    ?=#                 e.g. 0,1: train a subset for a quick look (run stays unfinished)
+COMP_DIR ?=#                 a local folder holding the competition files
+COMP_ZIP ?=#                 a local zip of the competition files
+RUN      ?=#                 one run, for `make submission` / `make predict`
+CKPT     ?=#                 a checkpoint folder, for `make predict`
+FILE     ?=#                 a submission file, for `make submit` / `make score`
+ANSWERS  ?=#                 an answers CSV (id,label), for `make score`
+MESSAGE  ?=#                 a submission message, for `make submit`
+
+VENV       := .venv
+PY         := $(VENV)/bin/python
+ACCELERATE := $(VENV)/bin/accelerate launch --config_file accelerate_config.yaml
+export PYTHONPATH := $(CURDIR)/src
+export TOKENIZERS_PARALLELISM := false
+
+$(if $(wildcard configs/competitions/$(COMP).yaml),,$(error unknown competition '$(COMP)': no configs/competitions/$(COMP).yaml))
+$(foreach m,$(MODELS),$(if $(wildcard configs/models/$(m).yaml),,$(error unknown model '$(m)': no configs/models/$(m).yaml)))
+$(if $(filter-out 0 1,$(USE_GEN)),$(error USE_GEN must be 0 or 1, not '$(USE_GEN)'))
+
+GEN_SUFFIX := $(if $(filter 1,$(USE_GEN)),+gen,)
+RUNS       := $(addsuffix $(GEN_SUFFIX),$(MODELS))
+R          := results/$(COMP)
+RAW        := data/raw/$(COMP)/.complete
+PROC       := data/processed/$(COMP)/train.csv
+GEN        := data/generated/$(COMP)/generated_train.csv
+CHECKS     := $(R)/checks.md
+RUN_FILES  := $(foreach r,$(RUNS),$(R)/$(r)/metrics.json)
+TTA_FILES  := $(foreach r,$(RUNS),$(R)/$(r)/tta/metrics.json)
+LEADERBOARD:= $(R)/leaderboard.md
+ENSEMBLE   := $(R)/ensemble/metrics.json
+REPORT     := $(R)/report.html
+RUNS_STAMP := $(R)/.runs
+M          := src/medalist
+
+# The ensemble, leaderboard and report depend on *which* runs are listed: the stamp is rewritten
+# only when MODELS/USE_GEN/TTA change, so an unchanged second `make all` does nothing.
+ifneq ($(filter all evaluate ensemble report $(LEADERBOARD) $(ENSEMBLE) $(REPORT),$(or $(MAKECMDGOALS),all)),)
+$(shell mkdir -p $(R) && { echo '$(RUNS) tta=$(TTA)' | cmp -s - $(RUNS_STAMP) || echo '$(RUNS) tta=$(TTA)' > $(RUNS_STAMP); })
+endif
+
+.DEFAULT_GOAL := help
+.PHONY: help all venv download check folds baseline train augment generate tta evaluate ensemble \
+        report submission predict score submit status tensorboard test bench clean
+
+help: ## list every target
+	@echo "usage: make <target> [COMP=demo] [MODELS=\"tfidf embed minilm\"] [USE_GEN=0|1] …"
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z]+:.*## / {printf "  \033[1m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+all: $(RAW) $(CHECKS) $(PROC) $(RUN_FILES) $(LEADERBOARD) $(ENSEMBLE) $(REPORT) ## download, check, folds, train MODELS, evaluate, ensemble, report
+	@echo "submission: submission/$(COMP)/submission.csv   report: $(REPORT)"
+
+# ---------------------------------------------------------------- environment
+venv: $(VENV)/.installed ## create .venv from requirements.txt
+$(VENV)/.installed: requirements.txt
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt
+	touch $@
+
+# ---------------------------------------------------------------- data
+download: $(RAW) ## fetch the competition files (Kaggle, or COMP_DIR / COMP_ZIP, or the built-in demo)
+$(RAW): | $(VENV)/.installed
+	$(PY) -m medalist.download --comp $(COMP) $(if $(COMP_DIR),--dir '$(COMP_DIR)') $(if $(COMP_ZIP),--zip '$(COMP_ZIP)')
+
+check: $(CHECKS) ## audit train/test: duplicates, HTML, LaTeX, links, lengths, tokens, adversarial AUC
+$(CHECKS): $(RAW) configs/competitions/$(COMP).yaml $(M)/checks.py | $(VENV)/.installed
+	$(PY) -m medalist.checks --comp $(COMP)
+
+folds: $(PROC) ## clean text once; stratified k folds grouped by (near-)duplicates
+$(PROC): $(RAW) configs/competitions/$(COMP).yaml $(M)/folds.py $(M)/text.py | $(VENV)/.installed
+	$(PY) -m medalist.folds --comp $(COMP)
+
+# ---------------------------------------------------------------- synthetic data
+augment: data/generated/$(COMP)/aug.csv ## nlpaug copies of rare-class rows, math protected
+data/generated/$(COMP)/aug.csv: $(PROC) configs/augment.yaml $(M)/augment.py $(M)/textviews.py | $(VENV)/.installed
+	$(PY) -m medalist.augment --comp $(COMP)
+
+generate: data/generated/$(COMP)/llm.csv ## LLM-written problems via an OpenAI-compatible server (OPENAI_BASE_URL)
+data/generated/$(COMP)/llm.csv: $(PROC) configs/generate.yaml $(M)/generate.py $(R)/tfidf/metrics.json | $(VENV)/.installed
+	$(PY) -m medalist.generate --comp $(COMP)
+
+$(GEN):
+	@echo "error: USE_GEN=1 but $(GEN) does not exist: run \`make augment COMP=$(COMP)\` or \`make generate COMP=$(COMP)\` first" >&2; exit 2
+
+# ---------------------------------------------------------------- training
+baseline: ## = make train MODELS=tfidf
+	$(MAKE) --no-print-directory train MODELS=tfidf
+train: $(RUN_FILES) ## train every run in MODELS, k folds each (neural ones under accelerate launch)
+
+family = $(shell sed -n 's/^family: *\([a-z_]*\).*/\1/p' configs/models/$(1).yaml)
+model_src = $(M)/models/$(if $(filter encoder decoder_lora,$(call family,$(1))),encoder,$(call family,$(1))).py
+launcher = $(if $(filter tfidf embed_lr,$(call family,$(1))),$(PY) -m medalist.train,$(ACCELERATE) -m medalist.train)
+
+define RUN_RULE
+$(R)/$(1)$(GEN_SUFFIX)/metrics.json: configs/models/$(1).yaml $(PROC) $(if $(GEN_SUFFIX),$(GEN)) $(M)/train.py $(M)/models/__init__.py $(call model_src,$(1)) | $(VENV)/.installed
+	$(call launcher,$(1)) --comp $(COMP) --model $(1) $(if $(GEN_SUFFIX),--use-gen) $(if $(FOLDS),--folds $(FOLDS))
+$(R)/$(1)$(GEN_SUFFIX)/tta/metrics.json: $(R)/$(1)$(GEN_SUFFIX)/metrics.json configs/ensemble.yaml $(M)/tta.py $(M)/textviews.py | $(VENV)/.installed
+	$(PY) -m medalist.tta --comp $(COMP) --run $(1)$(GEN_SUFFIX)
+endef
+$(foreach m,$(sort $(MODELS) $(basename $(notdir $(wildcard configs/models/*.yaml)))),$(eval $(call RUN_RULE,$(m))))
+
+predict: ## RUN=<run> [CKPT=dir]: test probabilities from saved weights → submission/<comp>/<run>.csv
+	$(if $(RUN),,$(error predict needs RUN=<run>, e.g. make predict RUN=minilm))
+	$(PY) -m medalist.predict --comp $(COMP) --run $(RUN) $(if $(CKPT),--ckpt '$(CKPT)')
+
+tensorboard: ## serve logs/<comp>/ (loss, learning rate, metric, throughput per fold)
+	$(VENV)/bin/tensorboard --logdir logs/$(COMP) --host 127.0.0.1
+
+# ---------------------------------------------------------------- evaluation and ensembling
+tta: $(TTA_FILES) ## test-time augmentation views per run (used only where OOF improves)
+
+evaluate: $(LEADERBOARD) ## confusion matrices, per-class scores, leaderboard.md of the runs in MODELS
+$(LEADERBOARD): $(RUN_FILES) $(RUNS_STAMP) $(PROC) $(M)/evaluate.py | $(VENV)/.installed
+	$(PY) -m medalist.evaluate --comp $(COMP) --runs "$(RUNS)"
+
+ensemble: $(ENSEMBLE) ## OOF-fitted ensemble (method by nested CV) → submission/<comp>/submission.csv
+$(ENSEMBLE): $(if $(filter 1,$(TTA)),$(TTA_FILES),$(RUN_FILES)) $(RUNS_STAMP) $(PROC) configs/ensemble.yaml $(M)/ensemble.py | $(VENV)/.installed
+	$(PY) -m medalist.ensemble --comp $(COMP) --runs "$(RUNS)" $(if $(filter 1,$(TTA)),--tta)
+
+$(REPORT): $(ENSEMBLE) $(LEADERBOARD) $(CHECKS) $(M)/report.py | $(VENV)/.installed
+	$(PY) -m medalist.report --comp $(COMP) --runs "$(RUNS)"
+report: $(ENSEMBLE) $(LEADERBOARD) $(CHECKS) | $(VENV)/.installed ## rebuild results/<comp>/report.html (+ report.md)
+	$(PY) -m medalist.report --comp $(COMP) --runs "$(RUNS)"
+
+# ---------------------------------------------------------------- submissions
+submission: ## RUN=<run>: a validated submission/<comp>/<run>.csv from one run's test.csv
+	$(if $(RUN),,$(error submission needs RUN=<run>, e.g. make submission RUN=tfidf))
+	$(MAKE) --no-print-directory submission/$(COMP)/$(RUN).csv
+submission/$(COMP)/%.csv: $(R)/%/metrics.json $(M)/submission.py | $(VENV)/.installed
+	$(PY) -m medalist.submission --comp $(COMP) --run $*
+
+score: ## FILE=sub.csv ANSWERS=answers.csv: score a submission with the competition's metric
+	$(if $(and $(FILE),$(ANSWERS)),,$(error score needs FILE=<submission.csv> ANSWERS=<answers.csv>))
+	$(PY) -m medalist.score --comp $(COMP) --file '$(FILE)' --answers '$(ANSWERS)'
+
+submit: | $(VENV)/.installed ## upload FILE (default: the ensemble's submission) to Kaggle; never automatic
+	$(PY) -m medalist.submit --comp $(COMP) $(if $(FILE),--file '$(FILE)') $(if $(MESSAGE),--message '$(MESSAGE)')
+
+status: | $(VENV)/.installed ## poll Kaggle for the public scores of past submissions into the ledger
+	$(PY) -m medalist.submit --comp $(COMP) --status
+
+# ---------------------------------------------------------------- project
+test: | $(VENV)/.installed ## run the offline test suite
+	$(PY) -m pytest -q tests
+
+clean: ## remove everything generated for COMP (keeps data/raw downloads and .venv)
+	rm -rf data/processed/$(COMP) data/generated/$(COMP) results/$(COMP) logs/$(COMP) images/$(COMP) submission/$(COMP)

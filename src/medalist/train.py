@@ -1,0 +1,204 @@
+"""`make train MODELS="…" [USE_GEN=1] [FOLDS=0,1]`: k-fold training of one model config.
+
+Reads   configs/models/<model>.yaml, data/processed/<comp>/train.csv + test.csv,
+        data/generated/<comp>/generated_train.csv (only with --use-gen)
+Writes  results/<comp>/<run>/ — config.yaml, fold<k>/ (weights + val.csv, test.csv, done.json),
+        and, once every fold is done, oof.csv, test.csv, metrics.json (metrics.json last: it is
+        the Make target). <run> = <model> or <model>+gen.
+Run     python -m medalist.train --comp demo --model tfidf
+        accelerate launch --config_file accelerate_config.yaml -m medalist.train … (neural models)
+
+A killed run restarts at the first unfinished fold; a fold whose done.json carries another
+config hash is retrained. A --folds subset trains and scores those folds only and leaves the
+run unfinished, so a later full run reuses them.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from medalist import config as C
+from medalist.competition import load_competition
+from medalist.config import Paths, UserError
+from medalist.data import prob_columns, read_json, read_processed, write_csv, write_json, write_text
+from medalist.metrics import score
+from medalist.models import FoldData, load_model_config
+
+
+def run_name(model: str, use_gen: bool) -> str:
+    return model + ("+gen" if use_gen else "")
+
+
+def _state():
+    from accelerate import PartialState
+
+    return PartialState()
+
+
+def read_generated(paths: Paths) -> pd.DataFrame:
+    path = paths.generated / "generated_train.csv"
+    if not path.exists():
+        raise UserError(f"USE_GEN=1 but {path} does not exist: run `make augment COMP={paths.comp}` "
+                        f"or `make generate COMP={paths.comp}` first")
+    gen = pd.read_csv(path, dtype={"id": str, "text": str, "folds": str, "parent_id": str}, keep_default_na=False)
+    return gen
+
+
+def _gen_for_fold(gen: pd.DataFrame, k: int) -> pd.DataFrame:
+    sets = gen["folds"].astype(str).str.split(";")
+    return gen[sets.map(lambda s: str(k) in s)]
+
+
+def run(comp_name: str, model: str, use_gen: bool = False, folds: list[int] | None = None) -> Path:
+    comp = load_competition(comp_name)
+    paths = Paths(comp.name)
+    mod, cfg = load_model_config(model)
+    name = run_name(model, use_gen)
+    run_dir = paths.run(name)
+    state = _state()
+    train, test = read_processed(paths)
+    gen = read_generated(paths) if use_gen else None
+
+    resolved = {"run": name, "competition": comp.name, "use_gen": use_gen, "model": C.to_dict(cfg)}
+    cfg_hash = hashlib.sha256(json.dumps(resolved, sort_keys=True).encode()).hexdigest()[:16]
+    n_folds = int(train["fold"].max()) + 1
+    todo = list(range(n_folds)) if folds is None else folds
+    bad = [k for k in todo if k not in range(n_folds)]
+    if bad:
+        raise UserError(f"FOLDS={','.join(map(str, todo))}: fold {bad[0]} does not exist (0..{n_folds - 1})")
+    if state.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_text(run_dir / "config.yaml", _yaml(resolved))
+    max_rows = getattr(cfg, "max_train_rows", None)
+
+    for k in todo:
+        fold_dir = run_dir / f"fold{k}"
+        done = fold_dir / "done.json"
+        if done.exists() and read_json(done).get("config_hash") == cfg_hash:
+            if state.is_main_process:
+                print(f"[{name}] fold {k}: done, skipped ({read_json(done)['score']:.4f})")
+            continue
+        tr = train[train["fold"] != k]
+        if max_rows and len(tr) > max_rows:
+            tr = tr.sample(n=max_rows, random_state=cfg.seed)
+        va = train[train["fold"] == k]
+        n_gen: dict[str, int] = {}
+        texts, labels = tr["text"].tolist(), tr["label"].to_numpy()
+        if gen is not None:
+            g = _gen_for_fold(gen, k)
+            n_gen = {str(s): int(c) for s, c in g["source"].value_counts().sort_index().items()}
+            texts += g["text"].tolist()
+            labels = np.concatenate([labels, g["label"].to_numpy(dtype=int)])
+        fold = FoldData(
+            fold=k, n_classes=comp.n_classes, train_texts=texts, train_labels=labels,
+            val_ids=va["id"].tolist(), val_texts=va["text"].tolist(), val_labels=va["label"].to_numpy(),
+            test_ids=test["id"].tolist(), test_texts=test["text"].tolist(), metric=comp.metric,
+            log_dir=paths.logs / name / f"fold{k}",
+        )
+        t0 = time.time()
+        res = mod.fit_fold(cfg, fold, fold_dir)
+        seconds = time.time() - t0
+        if state.is_main_process:
+            s = score(comp.metric, fold.val_labels, res.val_proba)
+            cols = prob_columns(comp.n_classes)
+            val_df = pd.DataFrame(res.val_proba, columns=cols)
+            val_df.insert(0, "fold", k)
+            val_df.insert(0, "id", fold.val_ids)
+            test_df = pd.DataFrame(res.test_proba, columns=cols)
+            test_df.insert(0, "id", fold.test_ids)
+            write_csv(fold_dir / "val.csv", val_df)
+            write_csv(fold_dir / "test.csv", test_df)
+            write_json(done, {"config_hash": cfg_hash, "fold": k, "score": s, "seconds": seconds,
+                              "n_train": len(tr), "n_generated": n_gen, "peak_rss_mb": C.peak_rss_mb(),
+                              "info": res.info})
+            print(f"[{name}] fold {k}: {comp.metric} {s:.4f}  ({seconds:.1f}s, {len(texts)} train rows)")
+        state.wait_for_everyone()
+
+    if state.is_main_process:
+        finished = [k for k in range(n_folds)
+                    if (run_dir / f"fold{k}" / "done.json").exists()
+                    and read_json(run_dir / f"fold{k}" / "done.json").get("config_hash") == cfg_hash]
+        if len(finished) == n_folds:
+            _assemble(comp, train, test, run_dir, name, n_folds)
+        else:
+            print(f"[{name}] {len(finished)}/{n_folds} folds done; run `make train` without FOLDS to finish")
+    return run_dir
+
+
+def _assemble(comp, train: pd.DataFrame, test: pd.DataFrame, run_dir: Path, name: str, n_folds: int) -> None:
+    cols = prob_columns(comp.n_classes)
+    vals, tests, dones = [], [], []
+    for k in range(n_folds):
+        vals.append(pd.read_csv(run_dir / f"fold{k}" / "val.csv", dtype={"id": str}))
+        tests.append(pd.read_csv(run_dir / f"fold{k}" / "test.csv", dtype={"id": str}))
+        dones.append(read_json(run_dir / f"fold{k}" / "done.json"))
+    oof = pd.concat(vals).set_index("id").loc[train["id"]].reset_index()
+    test_p = np.mean([t.set_index("id").loc[test["id"], cols].to_numpy() for t in tests], axis=0)
+    test_df = pd.DataFrame(test_p, columns=cols)
+    test_df.insert(0, "id", test["id"].to_numpy())
+    oof_score = score(comp.metric, train["label"].to_numpy(), oof[cols].to_numpy())
+    infos = [d["info"] for d in dones]
+    metrics = {
+        "run": name,
+        "metric": comp.metric,
+        "oof_score": oof_score,
+        "fold_scores": [d["score"] for d in dones],
+        "fold_std": float(np.std([d["score"] for d in dones])),
+        "n_train": int(len(train)),
+        "n_generated": [d["n_generated"] for d in dones],
+        "train_seconds": float(sum(d["seconds"] for d in dones)),
+        "predict_seconds": float(sum(i.get("predict_seconds", 0.0) for i in infos)),
+        "train_samples_per_s": _mean([i.get("train_samples_per_s") for i in infos]),
+        "peak_rss_mb": max(d["peak_rss_mb"] for d in dones),
+        "peak_gpu_mb": max([i.get("peak_gpu_mb", 0.0) for i in infos] or [0.0]),
+        "optimistic": any(i.get("optimistic", False) for i in infos),
+        "device": infos[0].get("device", "cpu"),
+        "git_sha": C.git_sha(),
+        "versions": C.versions(),
+    }
+    write_csv(run_dir / "oof.csv", oof[["id", "fold", *cols]])
+    write_csv(run_dir / "test.csv", test_df)
+    write_json(run_dir / "metrics.json", metrics)
+    print(f"[{name}] OOF {comp.metric} {oof_score:.4f}  folds: "
+          + " ".join(f"{s:.4f}" for s in metrics["fold_scores"]))
+
+
+def _mean(xs) -> float | None:
+    xs = [x for x in xs if x is not None]
+    return float(np.mean(xs)) if xs else None
+
+
+def _yaml(obj) -> str:
+    import yaml
+
+    return yaml.safe_dump(obj, sort_keys=False)
+
+
+def parse_folds(s: str | None) -> list[int] | None:
+    if not s:
+        return None
+    try:
+        return [int(x) for x in s.replace(" ", "").split(",") if x != ""]
+    except ValueError:
+        raise UserError(f"FOLDS={s!r}: expected comma-separated fold numbers like 0,1") from None
+
+
+@C.cli
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="medalist.train", description=__doc__.splitlines()[0])
+    ap.add_argument("--comp", required=True)
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--use-gen", action="store_true")
+    ap.add_argument("--folds", default=None, help="comma-separated subset, e.g. 0,1")
+    a = ap.parse_args(argv)
+    run(a.comp, a.model, a.use_gen, parse_folds(a.folds))
+
+
+if __name__ == "__main__":
+    main()
