@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Self
 
 HOST, PORT = "127.0.0.1", 7777
 BASE = f"http://{HOST}:{PORT}"
@@ -26,7 +27,7 @@ class FakeKaggle:
         self._server: _Server | None = None
 
     # -------------------------------------------------------------- lifecycle
-    def __enter__(self) -> FakeKaggle:
+    def __enter__(self) -> Self:
         fake = self
 
         class Handler(_Handler):

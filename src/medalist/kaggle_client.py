@@ -14,13 +14,14 @@ import os
 import re
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import Self, TypeVar
 
 import requests
-from requests.adapters import HTTPAdapter
 from kagglesdk import KaggleClient
 from kagglesdk.kaggle_env import get_endpoint, get_env
+from requests.adapters import HTTPAdapter
 
 from medalist.competition import Competition
 from medalist.config import UserError
@@ -112,10 +113,9 @@ class Api:
     429/5xx (waits of backoff_base * 2**i) and turns every failure into one UserError line.
     """
 
-    def __init__(self, comp: Competition, backoff_base: float = 2.0, sleep: Callable[[float], None] = time.sleep):
+    def __init__(self, comp: Competition, backoff_base: float = 2.0):
         self.comp = comp
         self.backoff_base = backoff_base
-        self._sleep = sleep
         self.endpoint = get_endpoint(get_env())
         self.creds = credentials()
         self._client = KaggleClient(
@@ -123,7 +123,7 @@ class Api:
         )
         self.competitions = self._client.competitions.competition_api_client
 
-    def __enter__(self) -> Api:
+    def __enter__(self) -> Self:
         self._client.__enter__()
         # The SDK sends without a timeout; its session is private, but a hung socket must not
         # hang `make download` forever.
@@ -144,7 +144,7 @@ class Api:
                 if status in RETRY_STATUS and i < TRIES - 1:
                     wait = self.backoff_base * 2**i
                     print(f"Kaggle answered HTTP {status} to {what}; retrying in {wait:g}s", file=sys.stderr)
-                    self._sleep(wait)
+                    time.sleep(wait)
                     continue
                 raise self._error(what, status, detail) from None
             except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as e:

@@ -15,7 +15,6 @@ import argparse
 import hashlib
 import json
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -129,7 +128,7 @@ def status(comp: Competition, backoff_base: float = 2.0) -> Path:
             req.competition_name = comp.slug
             req.page_size = 100
             req.page_token = page_token
-            resp = api.call("submission list", lambda: api.competitions.list_submissions(req))
+            resp = api.call("submission list", lambda req=req: api.competitions.list_submissions(req))
             submissions += resp.submissions
             page_token = resp.next_page_token
             if not page_token or not resp.submissions:

@@ -1,0 +1,97 @@
+"""Frozen sentence embeddings (mean-pooled MiniLM by default) + logistic regression.
+
+A cheap, diverse ensemble member on a CPU: the encoder runs once per distinct text (cached for
+the whole k-fold run), only the logistic regression is fitted per fold.
+Fold weights: fold<k>/model.joblib (the fitted LogisticRegression and the backbone name).
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import time
+from pathlib import Path
+from typing import Literal
+
+import joblib
+import numpy as np
+from sklearn.linear_model import LogisticRegression
+
+from medalist.data import atomic_path
+from medalist.models import FoldData, FoldResult, resolve_backbone
+
+LAUNCH = "inprocess"
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    family: Literal["embed_lr"] = "embed_lr"
+    backbone: str = "minilm"
+    max_length: int = 256  # MiniLM was trained on 256-token inputs
+    batch_size: int = 64
+    C: float = 4.0
+    class_weight: str | None = None
+    max_iter: int = 3000
+    seed: int = 42
+    max_train_rows: int | None = None
+
+
+_CACHE: dict[str, np.ndarray] = {}
+_ENCODERS: dict[str, tuple] = {}
+
+
+def _encoder(backbone: str):
+    if backbone not in _ENCODERS:
+        import torch
+        from transformers import AutoModel, AutoTokenizer
+
+        path = resolve_backbone(backbone)
+        tok = AutoTokenizer.from_pretrained(path)
+        model = AutoModel.from_pretrained(path).eval()
+        _ENCODERS[backbone] = (tok, model, torch)
+    return _ENCODERS[backbone]
+
+
+def embed(cfg: Config, texts: list[str]) -> np.ndarray:
+    """L2-normalised mean-pooled embeddings, computed in length-sorted batches, cached by text."""
+    keys = [hashlib.sha1(f"{cfg.backbone}\0{cfg.max_length}\0{t}".encode()).hexdigest() for t in texts]
+    todo = sorted({k: t for k, t in zip(keys, texts) if k not in _CACHE}.items(), key=lambda kv: len(kv[1]))
+    if todo:
+        tok, model, torch = _encoder(cfg.backbone)
+        with torch.inference_mode():
+            for i in range(0, len(todo), cfg.batch_size):
+                chunk = todo[i:i + cfg.batch_size]
+                enc = tok([t for _, t in chunk], padding=True, truncation=True, max_length=cfg.max_length,
+                          return_tensors="pt")
+                hidden = model(**enc).last_hidden_state
+                mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+                vec = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
+                vec = torch.nn.functional.normalize(vec, dim=-1).numpy()
+                for (k, _), v in zip(chunk, vec):
+                    _CACHE[k] = v
+    return np.stack([_CACHE[k] for k in keys])
+
+
+def _proba(clf: LogisticRegression, X: np.ndarray, n_classes: int) -> np.ndarray:
+    out = np.zeros((len(X), n_classes))
+    out[:, clf.classes_.astype(int)] = clf.predict_proba(X)
+    return out
+
+
+def fit_fold(cfg: Config, fold: FoldData, out_dir: Path) -> FoldResult:
+    t0 = time.time()
+    X = embed(cfg, fold.train_texts)
+    clf = LogisticRegression(C=cfg.C, max_iter=cfg.max_iter, class_weight=cfg.class_weight, random_state=cfg.seed)
+    clf.fit(X, fold.train_labels)
+    with atomic_path(Path(out_dir) / "model.joblib") as tmp:
+        joblib.dump({"clf": clf, "backbone": cfg.backbone}, tmp)
+    fit_s = time.time() - t0
+    t1 = time.time()
+    val = _proba(clf, embed(cfg, fold.val_texts), fold.n_classes)
+    test = _proba(clf, embed(cfg, fold.test_texts), fold.n_classes)
+    return FoldResult(val, test, {"fit_seconds": fit_s, "predict_seconds": time.time() - t1,
+                                  "train_samples_per_s": len(fold.train_texts) / max(fit_s, 1e-9)})
+
+
+def load_predictor(cfg: Config, fold_dir: Path, n_classes: int):
+    clf = joblib.load(Path(fold_dir) / "model.joblib")["clf"]
+    return lambda texts: _proba(clf, embed(cfg, list(texts)), n_classes)
