@@ -6,6 +6,7 @@ from __future__ import annotations
 import ast
 import html
 import re
+import warnings
 import zlib
 
 import numpy as np
@@ -30,7 +31,9 @@ def decode_bytes_literal(text: str) -> str:
     if not m:
         return text
     try:
-        value = ast.literal_eval(text.strip())
+        with warnings.catch_warnings():  # LaTeX backslashes are "invalid escapes" to Python
+            warnings.simplefilter("ignore")
+            value = ast.literal_eval(text.strip())
     except (ValueError, SyntaxError):
         return m.group(2)
     if isinstance(value, bytes):
