@@ -59,8 +59,8 @@ help: ## list every target
 	@echo "usage: make <target> [COMP=demo] [MODELS=\"tfidf embed minilm\"] [USE_GEN=0|1] …"
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z]+:.*## / {printf "  \033[1m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
+# no recipe of its own: `make -q all` must be able to say "up to date"
 all: $(RAW) $(CHECKS) $(PROC) $(RUN_FILES) $(LEADERBOARD) $(ENSEMBLE) $(REPORT) ## download, check, folds, train MODELS, evaluate, ensemble, report
-	@echo "submission: submission/$(COMP)/submission.csv   report: $(REPORT)"
 
 # ---------------------------------------------------------------- environment
 venv: $(VENV)/.installed ## create .venv from requirements.txt
@@ -85,11 +85,11 @@ $(PROC): $(RAW) configs/competitions/$(COMP).yaml $(M)/folds.py $(M)/text.py | $
 
 # ---------------------------------------------------------------- synthetic data
 augment: data/generated/$(COMP)/aug.csv ## nlpaug copies of rare-class rows, math protected
-data/generated/$(COMP)/aug.csv: $(PROC) configs/augment.yaml $(M)/augment.py $(M)/textviews.py | $(VENV)/.installed
+data/generated/$(COMP)/aug.csv: $(PROC) configs/augment.yaml $(M)/augment.py $(M)/textviews.py $(M)/generated.py | $(VENV)/.installed
 	$(PY) -m medalist.augment --comp $(COMP)
 
 generate: data/generated/$(COMP)/llm.csv ## LLM-written problems via an OpenAI-compatible server (OPENAI_BASE_URL)
-data/generated/$(COMP)/llm.csv: $(PROC) configs/generate.yaml $(M)/generate.py $(R)/tfidf/metrics.json | $(VENV)/.installed
+data/generated/$(COMP)/llm.csv: $(PROC) configs/generate.yaml $(M)/generate.py $(M)/generated.py $(R)/tfidf/metrics.json | $(VENV)/.installed
 	$(PY) -m medalist.generate --comp $(COMP)
 
 $(GEN):

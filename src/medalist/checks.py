@@ -22,7 +22,8 @@ import pandas as pd
 from medalist import config as C
 from medalist.competition import Competition, load_competition, read_raw
 from medalist.config import Paths, UserError
-from medalist.data import write_bytes, write_text
+from medalist.data import write_text
+from medalist.plots import pyplot, save_figure
 from medalist.text import RE_BYTES, RE_CODE, RE_EMAIL, RE_HTML, RE_LATEX, RE_URL, looks_english, normalise
 
 DETECTORS = {
@@ -107,13 +108,7 @@ def adversarial(train_texts: list[str], test_texts: list[str], seed: int = 0) ->
 
 
 def _plots(comp: Competition, paths: Paths, train: pd.DataFrame, test: pd.DataFrame, toks: dict) -> list[Path]:
-    import io
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     saved = []
     counts = train["label"].value_counts().reindex(range(comp.n_classes), fill_value=0)
     fig, ax = plt.subplots(figsize=(8, 3.5))
@@ -122,7 +117,7 @@ def _plots(comp: Competition, paths: Paths, train: pd.DataFrame, test: pd.DataFr
     ax.set_xlabel("train rows")
     ax.set_title(f"{comp.name}: class distribution")
     fig.tight_layout()
-    saved.append(_save(fig, paths.images / "checks_classes.png", io, plt))
+    saved.append(save_figure(fig, paths.images / "checks_classes.png"))
 
     panels = [("characters", train["text"].str.len(), test["text"].str.len())]
     for name, lens in toks.items():
@@ -136,15 +131,8 @@ def _plots(comp: Competition, paths: Paths, train: pd.DataFrame, test: pd.DataFr
         ax.set_title(f"length in {title}")
         ax.legend()
     fig.tight_layout()
-    saved.append(_save(fig, paths.images / "checks_lengths.png", io, plt))
+    saved.append(save_figure(fig, paths.images / "checks_lengths.png"))
     return saved
-
-
-def _save(fig, path: Path, io, plt) -> Path:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90)
-    plt.close(fig)
-    return write_bytes(path, buf.getvalue())
 
 
 def run(comp: Competition) -> Path:

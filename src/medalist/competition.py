@@ -253,3 +253,16 @@ def validate_submission(comp: Competition, sample: pd.DataFrame, sub: pd.DataFra
 
 def read_sample(comp: Competition, raw_dir: Path) -> pd.DataFrame:
     return read_csv(raw_dir / comp.files.sample_submission, comp.files.sample_submission, dtype=str)
+
+
+def write_submission(comp: Competition, raw_dir: Path, ids, proba: np.ndarray, out: Path,
+                     run: str, cv: float | None) -> Path:
+    """Validate, then write `out` and its sidecar `<out>.json` {run, cv, metric} (read by submit)."""
+    from medalist.data import write_csv, write_json
+
+    sample = read_sample(comp, raw_dir)
+    sub = make_submission(comp, sample, ids, proba)
+    validate_submission(comp, sample, sub)
+    write_csv(out, sub)
+    write_json(Path(out).with_suffix(".json"), {"run": run, "cv": cv, "metric": comp.metric})
+    return Path(out)

@@ -15,7 +15,6 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold
 
 from medalist import config as C

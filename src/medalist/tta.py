@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from medalist import config as C
+from medalist import textviews  # TTA reuses augment's text views (DESIGN.md's one exception)
 from medalist.competition import load_competition
 from medalist.config import Paths, UserError
 from medalist.data import prob_columns, probs_of, read_processed, read_run, write_csv, write_json
@@ -34,10 +35,20 @@ View = Literal["head", "tail", "window", "nlpaug"]
 
 
 @dataclasses.dataclass(frozen=True)
+class Augmenter:
+    """One nlpaug step of a TTA view (names as in configs/augment.yaml)."""
+
+    name: Literal["swap", "delete", "crop", "spelling", "keyboard", "synonym", "contextual"]
+    aug_p: float = 0.1
+    aug_max: int = 2
+    model_path: str | None = None  # contextual only: a local masked-LM folder
+
+
+@dataclasses.dataclass(frozen=True)
 class TTAConfig:
     views: tuple[View, ...] = ("head", "tail", "window", "nlpaug")
     nlpaug_k: int = 2
-    augmenters: tuple[str, ...] = ("synonym",)
+    augmenters: tuple[Augmenter, ...] = (Augmenter("synonym"),)
     window_stride: float = 0.5
     max_windows: int = 8
     seed: int = 42
@@ -62,18 +73,12 @@ def load_config() -> TTAConfig:
 
 # ---------------------------------------------------------------- math spans and truncation
 
-MATH = re.compile(
-    r"\$\$.+?\$\$|\$[^$]+?\$|\\\(.+?\\\)|\\\[.+?\\\]|\\begin\{([A-Za-z*]+)\}.*?\\end\{\1\}", re.S)
 WORD = re.compile(r"\S+")
 
 
-def math_spans(text: str) -> list[tuple[int, int]]:
-    return [m.span() for m in MATH.finditer(text)]
-
-
 def math_kept(original: str, view: str) -> bool:
-    """Does `view` hold every math span of `original` byte for byte?"""
-    return all(original[a:b] in view for a, b in math_spans(original))
+    """Does `view` hold every math span of `original` byte for byte, in order?"""
+    return textviews.holds_in_order(view, textviews.math_spans(original))
 
 
 def _snap(pos: int, spans: list[tuple[int, int]], forward: bool) -> int:
@@ -94,7 +99,7 @@ def truncation_views(text: str, tokens: list[tuple[int, int]], budget: int, stri
     n = len(tokens)
     if n <= budget:
         return {}
-    spans = math_spans(text)
+    spans = textviews.find_spans(text)
     head_end = _snap(tokens[budget - 1][1], spans, forward=False)
     if head_end == 0:  # the text opens with a math span longer than the budget: keep it whole
         head_end = _snap(tokens[budget - 1][1], spans, forward=True)
@@ -139,29 +144,33 @@ def _token_spans(run_dir: Path, model: dict) -> tuple[Callable[[str], list[tuple
 
 
 def _load_tokenizer(run_dir: Path, model: dict):
-    try:
-        from transformers import AutoTokenizer
-    except ImportError:
+    """The family's own tokenizer loader (fold0's saved tokenizer, else the backbone), or None."""
+    from medalist.models import family_module
+
+    mod = family_module(model["family"])
+    if not hasattr(mod, "load_tokenizer"):
         return None
-    candidates = [run_dir / "fold0"] + [model[k] for k in ("backbone", "model_name", "pretrained", "tokenizer")
-                                        if isinstance(model.get(k), str)]
-    for c in candidates:
-        if isinstance(c, Path) and not (c / "tokenizer_config.json").exists():
-            continue
-        try:
-            tok = AutoTokenizer.from_pretrained(str(c), local_files_only=True)
-        except Exception:  # noqa: BLE001 — any unloadable tokenizer means: count words instead
-            continue
-        if getattr(tok, "is_fast", False):  # offsets need a fast tokenizer
-            return tok
-    return None
+    fold0 = run_dir / "fold0"
+    try:
+        cfg = C.from_dict(mod.Config, model, "config.yaml")
+        tok = mod.load_tokenizer(cfg, fold0 if (fold0 / "tokenizer_config.json").exists() else None)
+    except Exception:  # noqa: BLE001 — a tokenizer that cannot load offline: count words instead
+        return None
+    return tok if getattr(tok, "is_fast", False) else None  # offsets need a fast tokenizer
 
 
 def nlpaug_views(texts: list[str], cfg: TTAConfig) -> list[list[str]]:
-    """k nlpaug views per text, math protected, from the augment stage's textviews."""
-    from medalist.textviews import augment_views  # the one cross-stage import DESIGN.md allows
-
-    return augment_views(texts, list(cfg.augmenters), cfg.nlpaug_k, cfg.seed)
+    """k nlpaug views per text, math protected (a view that cannot be made intact is the text)."""
+    augs = []
+    for a in cfg.augmenters:
+        if a.name == "synonym" and not textviews.ensure_wordnet(C.root() / "data" / "nltk_data"):
+            print("note: WordNet not installed (apt-get install wordnet-base wordnet-sense-index): "
+                  "TTA skips synonyms")
+            continue
+        augs.append(textviews.build_augmenter(a.name, a.aug_p, a.aug_max, a.model_path))
+    if not augs:
+        return [[] for _ in texts]
+    return textviews.augment_views(texts, augs, cfg.nlpaug_k, cfg.seed)
 
 
 # ---------------------------------------------------------------- predicting views

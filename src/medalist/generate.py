@@ -1,0 +1,383 @@
+"""Stage `generate`: new training rows for under-filled classes from an OpenAI-compatible LLM
+server (vLLM, llama.cpp, Ollama …), cached, filtered and label-checked fold by fold.
+
+Reads:  data/processed/<comp>/train.csv, test.csv; configs/generate.yaml;
+        configs/competitions/<comp>.yaml (labels, description, folds.n);
+        results/<comp>/tfidf/fold<k>/model.joblib (the label filter; `make baseline` makes them);
+        env OPENAI_BASE_URL (default http://localhost:8000/v1), OPENAI_API_KEY (default EMPTY)
+Writes: data/generated/<comp>/llm_cache.jsonl (every request and answer, appended as they come),
+        data/generated/<comp>/llm.csv, generate_stats.json, then rebuilds generated_train.csv
+Run:    make generate COMP=demo   (= python -m medalist.generate --comp demo)
+
+Leakage rules (DESIGN.md 3 and 5): a prompt's few-shot examples are training rows of ONE fold f
+(rows with fold != f, never test rows), so its answers may train in every fold but f. A row
+trains in fold k only if the fold-k TF-IDF model — fitted without fold k — gives its intended
+class probability >= label_threshold. Rows equal or near to a test or train row are dropped.
+"""
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as cf
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import re
+import time
+from pathlib import Path
+
+import joblib
+import numpy as np
+import openai
+import pandas as pd
+from tqdm import tqdm
+
+from medalist import config as C
+from medalist import generated
+from medalist.competition import Competition, load_competition
+from medalist.config import Paths, UserError
+from medalist.data import read_processed, write_csv, write_json
+
+DEFAULT_BASE_URL = "http://localhost:8000/v1"
+
+
+@dataclasses.dataclass(frozen=True)
+class GenerateConfig:
+    model: str  # the name the server serves, e.g. Qwen/Qwen2.5-7B-Instruct
+    seed: int = 42
+    target_fraction: float = 0.5  # fill each class up to this fraction of the largest class
+    max_per_class: int = 300  # at most this many new rows per class
+    oversample: float = 1.5  # ask for this many times the target: the filters drop some
+    per_request: int = 10  # problems asked for in one request
+    few_shot: int = 5  # examples per prompt, all training rows of one fold
+    temperature: float = 0.9
+    top_p: float = 0.95
+    max_tokens: int = 2048
+    concurrency: int = 4  # requests in flight at once
+    retries: int = 5  # on 429, 5xx and timeouts
+    retry_base_delay: float = 2.0  # seconds before the first retry; doubles each time
+    timeout: float = 120.0  # seconds per request
+    min_chars: int = 20
+    max_chars: int = 2000
+    near_dup_ngram: int = 5  # character n-grams for the near-duplicate Jaccard
+    near_dup_threshold: float = 0.8
+    label_threshold: float = 0.5  # fold-k model's probability of the intended class
+    system_prompt: str = ("You write new, original competition math problems for a labelled "
+                          "dataset. Answer with a JSON list of strings and nothing else.")
+
+    def validate(self, where: str) -> None:
+        if not 0 < self.target_fraction <= 1 or self.oversample < 1:
+            raise UserError(f"{where}: target_fraction must lie in (0, 1] and oversample be >= 1")
+        if min(self.per_request, self.few_shot, self.concurrency, self.max_tokens) < 1:
+            raise UserError(f"{where}: per_request, few_shot, concurrency and max_tokens must be >= 1")
+        if self.retries < 0 or self.retry_base_delay < 0 or self.timeout <= 0:
+            raise UserError(f"{where}: retries and retry_base_delay must be >= 0, timeout > 0")
+        if not 0 <= self.label_threshold <= 1 or not 0 < self.near_dup_threshold <= 1:
+            raise UserError(f"{where}: label_threshold and near_dup_threshold must lie in [0, 1]")
+
+
+@dataclasses.dataclass(frozen=True)
+class Request:
+    label: int
+    fold: int  # the few-shot fold: examples are rows with fold != this
+    index: int
+    example_ids: tuple[str, ...]
+    body: dict  # exactly what is sent: model, messages, temperature, top_p, max_tokens, seed
+
+    @property
+    def key(self) -> str:
+        return hashlib.sha256(json.dumps(self.body, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+
+
+def load_config() -> GenerateConfig:
+    return C.load(GenerateConfig, C.configs_dir() / "generate.yaml")
+
+
+def targets(cfg: GenerateConfig, labels: pd.Series, n_classes: int) -> dict[int, int]:
+    """New rows wanted per class: up to target_fraction of the largest class, capped."""
+    counts = labels.value_counts().reindex(range(n_classes), fill_value=0)
+    goal = math.ceil(cfg.target_fraction * counts.max())
+    return {c: int(min(cfg.max_per_class, max(0, goal - counts[c]))) for c in range(n_classes)}
+
+
+def prompt(comp: Competition, label: int, examples: list[str], n: int) -> str:
+    name = comp.labels[label]
+    desc = comp.description.get(name, "")
+    shots = "\n".join(f"{i + 1}. {json.dumps(t, ensure_ascii=False)}" for i, t in enumerate(examples))
+    return (f"Class: {name}\n" + (f"Description: {desc}\n" if desc else "")
+            + f"\nExamples of problems in this class:\n{shots}\n\n"
+            f"Write {n} new problems that belong to the class \"{name}\". Make them diverse in topic, "
+            "difficulty and wording, keep any mathematics in LaTeX ($...$), and do not copy the "
+            f"examples. Answer with a JSON list of {n} strings and nothing else.")
+
+
+def plan(cfg: GenerateConfig, comp: Competition, train: pd.DataFrame, want: dict[int, int]) -> list[Request]:
+    requests = []
+    for c, target in want.items():
+        if target == 0:
+            continue
+        rows = train[train["label"] == c]
+        folds = [f for f in range(comp.folds.n) if (rows["fold"] != f).any()]
+        for r in range(math.ceil(target * cfg.oversample / cfg.per_request)):
+            f = folds[r % len(folds)]
+            pool = rows[rows["fold"] != f]
+            seed = int.from_bytes(hashlib.sha256(f"{cfg.seed}/{c}/{r}".encode()).digest()[:4], "big") >> 1
+            pick = np.random.default_rng(seed).choice(len(pool), size=min(cfg.few_shot, len(pool)), replace=False)
+            ex = pool.iloc[np.sort(pick)]
+            body = dict(
+                model=cfg.model,
+                messages=[{"role": "system", "content": cfg.system_prompt},
+                          {"role": "user", "content": prompt(comp, c, ex["text"].tolist(), cfg.per_request)}],
+                temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens, seed=seed,
+            )
+            requests.append(Request(c, f, r, tuple(ex["id"]), body))
+    return requests
+
+
+# ---------------------------------------------------------------- cache
+
+
+def read_cache(path: Path) -> dict[str, dict]:
+    """key → cached entry; a line cut short by an interrupted run is ignored."""
+    out = {}
+    if path.exists():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                entry = json.loads(line)
+                out[entry["key"]] = entry
+            except (json.JSONDecodeError, KeyError, TypeError):
+                continue
+    return out
+
+
+def append_cache(path: Path, entry: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+", encoding="utf-8") as f:
+        f.seek(0, os.SEEK_END)
+        if f.tell():
+            f.seek(f.tell() - 1)
+            if f.read(1) != "\n":  # the previous run died mid-line
+                f.write("\n")
+        f.write(json.dumps(entry, ensure_ascii=False) + "\n")
+        f.flush()
+
+
+# ---------------------------------------------------------------- calling the server
+
+
+def make_client(cfg: GenerateConfig) -> tuple[openai.OpenAI, str]:
+    base_url = os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL
+    key = os.environ.get("OPENAI_API_KEY") or "EMPTY"
+    # Our own retries (below) know which errors are worth retrying and log nothing secret.
+    return openai.OpenAI(base_url=base_url, api_key=key, max_retries=0, timeout=cfg.timeout), base_url
+
+
+def call(client: openai.OpenAI, base_url: str, cfg: GenerateConfig, body: dict) -> dict:
+    """One chat completion with exponential backoff on 429, 5xx and timeouts."""
+    for attempt in range(cfg.retries + 1):
+        try:
+            resp = client.chat.completions.create(**body)
+            usage = resp.usage.model_dump() if resp.usage else {}
+            return {"content": resp.choices[0].message.content or "",
+                    "finish_reason": resp.choices[0].finish_reason,
+                    "usage": {k: usage.get(k) or 0 for k in ("prompt_tokens", "completion_tokens", "total_tokens")}}
+        except openai.APITimeoutError:
+            err = f"timed out after {cfg.timeout:g}s"
+        except openai.APIConnectionError:
+            raise UserError(f"cannot reach the LLM server at {base_url}: start it or set OPENAI_BASE_URL") from None
+        except openai.APIStatusError as e:
+            if e.status_code in (401, 403):
+                raise UserError(f"the LLM server at {base_url} refused the API key ({e.status_code}): "
+                                "set OPENAI_API_KEY") from None
+            if e.status_code == 404:
+                raise UserError(f"the LLM server at {base_url} does not serve model '{cfg.model}' (404): "
+                                "fix `model` in configs/generate.yaml") from None
+            if e.status_code != 429 and e.status_code < 500:
+                raise UserError(f"the LLM server at {base_url} rejected the request ({e.status_code}): "
+                                f"{_one_line(e.message)}") from None
+            err = f"HTTP {e.status_code}"
+        if attempt < cfg.retries:
+            time.sleep(cfg.retry_base_delay * 2 ** attempt)
+    raise UserError(f"the LLM server at {base_url} kept failing ({err}) after {cfg.retries} retries; try again later")
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())[:200]
+
+
+def fetch(cfg: GenerateConfig, requests: list[Request], cache_path: Path) -> tuple[dict[str, dict], dict]:
+    """Answers for every request, from the cache or the server; new answers are appended to the
+    cache as they arrive, so an interrupted run resumes where it stopped."""
+    cache = read_cache(cache_path)
+    todo = [r for r in requests if r.key not in cache]
+    todo = list({r.key: r for r in todo}.values())
+    sent = {"requests_planned": len(requests), "requests_cached": len(requests) - len(todo), "requests_sent": 0,
+            "usage_sent": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}}
+    if todo:
+        client, base_url = make_client(cfg)
+        print(f"generate: {len(todo)} requests to {base_url} ({sent['requests_cached']} cached)")
+
+        def keep(r: Request, response: dict) -> None:
+            entry = {"key": r.key, "request": r.body, "response": response,
+                     "meta": {"label": r.label, "fold": r.fold, "index": r.index, "example_ids": list(r.example_ids)}}
+            append_cache(cache_path, entry)
+            cache[r.key] = entry
+            sent["requests_sent"] += 1
+            for k, v in response["usage"].items():
+                sent["usage_sent"][k] += v
+
+        # The first request alone: a wrong key or a dead server is one line, before any bar.
+        keep(todo[0], call(client, base_url, cfg, todo[0].body))
+        with cf.ThreadPoolExecutor(cfg.concurrency) as pool:
+            futures = {pool.submit(call, client, base_url, cfg, r.body): r for r in todo[1:]}
+            try:
+                for fut in tqdm(cf.as_completed(futures), total=len(todo), initial=1, desc="generate", unit="req"):
+                    keep(futures[fut], fut.result())
+            except BaseException:
+                for f in futures:
+                    f.cancel()
+                raise
+    return cache, sent
+
+
+# ---------------------------------------------------------------- parsing and filtering
+
+
+def parse_answer(content: str) -> list | None:
+    """The JSON list in an answer (code fences and chatter around it allowed), or None."""
+    text = re.sub(r"```(?:json)?", "", content or "")
+    start, end = text.find("["), text.rfind("]")
+    if start == -1 or end <= start:
+        return None
+    try:
+        items = json.loads(text[start:end + 1])
+    except json.JSONDecodeError:
+        return None
+    return items if isinstance(items, list) else None
+
+
+def _item_text(item) -> str | None:
+    if isinstance(item, str):
+        return item
+    if isinstance(item, dict):
+        for k in ("problem", "question", "text"):
+            if isinstance(item.get(k), str):
+                return item[k]
+    return None
+
+
+def load_fold_models(paths: Paths, n_folds: int) -> list:
+    files = [paths.run("tfidf") / f"fold{k}" / "model.joblib" for k in range(n_folds)]
+    missing = [f for f in files if not f.exists()]
+    if missing:
+        raise UserError(f"no TF-IDF fold model {missing[0]}: run `make baseline COMP={paths.comp}` first")
+    return [joblib.load(f) for f in files]
+
+
+def class_proba(model, texts: list[str], labels: np.ndarray, n_classes: int) -> np.ndarray:
+    """Each text's probability of its own label under `model` (columns mapped via classes_)."""
+    p = np.asarray(model.predict_proba(texts))
+    classes = list(getattr(model, "classes_", range(n_classes)))
+    col = {int(c): i for i, c in enumerate(classes)}
+    return np.array([p[i, col[int(y)]] if int(y) in col else 0.0 for i, y in enumerate(labels)])
+
+
+def build_rows(cfg: GenerateConfig, comp: Competition, requests: list[Request], cache: dict[str, dict],
+               train: pd.DataFrame, test: pd.DataFrame, models: list, want: dict[int, int]) -> tuple[pd.DataFrame, dict]:
+    counts = {k: 0 for k in ("unparseable", "bad_items", "empty", "too_short", "too_long",
+                             "duplicate_test", "near_duplicate_test", "duplicate_train", "near_duplicate_train",
+                             "duplicate_within", "near_duplicate_within", "off_label", "over_target")}
+    cands = []
+    usage = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+    for r in requests:
+        resp = cache[r.key]["response"]
+        for k in usage:
+            usage[k] += resp["usage"].get(k, 0)
+        items = parse_answer(resp["content"])
+        if items is None:
+            counts["unparseable"] += 1
+            continue
+        for j, item in enumerate(items):
+            text = _item_text(item)
+            if text is None:
+                counts["bad_items"] += 1
+                continue
+            cands.append(dict(id=f"llm-{r.key[:12]}-{j}", text=text.strip(), label=r.label, fewshot_fold=r.fold))
+    df = pd.DataFrame(cands, columns=["id", "text", "label", "fewshot_fold"])
+    n = df["text"].str.len()
+    for name, bad in (("empty", n == 0), ("too_short", (n > 0) & (n < cfg.min_chars)), ("too_long", n > cfg.max_chars)):
+        counts[name] += int(bad.sum())
+    df = df[(n >= max(cfg.min_chars, 1)) & (n <= cfg.max_chars)].reset_index(drop=True)
+
+    keys = df["text"].map(generated.dup_key)
+    for ref, name in ((test, "test"), (train, "train")):
+        exact = keys.isin(set(ref["text"].map(generated.dup_key))).to_numpy()
+        near = ~exact & generated.near_duplicates(df["text"].tolist(), ref["text"].tolist(),
+                                                  cfg.near_dup_threshold, cfg.near_dup_ngram)
+        counts[f"duplicate_{name}"] += int(exact.sum())
+        counts[f"near_duplicate_{name}"] += int(near.sum())
+        df, keys = df[~(exact | near)].reset_index(drop=True), keys[~(exact | near)].reset_index(drop=True)
+    exact = keys.duplicated().to_numpy()
+    counts["duplicate_within"] += int(exact.sum())
+    df = df[~exact].reset_index(drop=True)
+    near = generated.near_duplicates_within(df["text"].tolist(), cfg.near_dup_threshold, cfg.near_dup_ngram)
+    counts["near_duplicate_within"] += int(near.sum())
+    df = df[~near].reset_index(drop=True)
+
+    labels = df["label"].to_numpy()
+    usable = np.zeros((len(df), len(models)), dtype=bool)
+    for k, model in enumerate(models):  # fold k is judged by the model that never saw fold k
+        if len(df):
+            usable[:, k] = class_proba(model, df["text"].tolist(), labels, comp.n_classes) >= cfg.label_threshold
+    usable[np.arange(len(df)), df["fewshot_fold"].to_numpy(dtype=int)] = False
+    df["folds"] = [generated.folds_str(np.flatnonzero(u)) for u in usable]
+    counts["fold_exclusions"] = int(sum(comp.folds.n - 1 - u.sum() for u in usable))
+    off = ~usable.any(axis=1)
+    counts["off_label"] += int(off.sum())
+    df = df[~off].reset_index(drop=True)
+
+    keep = df.groupby("label").cumcount() < df["label"].map(want)
+    counts["over_target"] += int((~keep).sum())
+    df = df[keep].reset_index(drop=True)
+    df["source"] = f"llm:{cfg.model}"
+    df["parent_id"] = ""
+    out = df[generated.COLUMNS + ["fewshot_fold"]]
+    return out, {"filtered": counts, "usage_all": usage}
+
+
+def run(comp_name: str) -> Path:
+    comp = load_competition(comp_name)
+    paths = Paths(comp_name)
+    cfg = load_config()
+    train, test = read_processed(paths)
+    models = load_fold_models(paths, comp.folds.n)
+    want = targets(cfg, train["label"], comp.n_classes)
+    requests = plan(cfg, comp, train, want)
+    print(f"generate: targets {[f'{comp.labels[c]}: {t}' for c, t in want.items() if t]}, {len(requests)} requests")
+    cache, sent = fetch(cfg, requests, paths.generated / "llm_cache.jsonl")
+    rows, stats = build_rows(cfg, comp, requests, cache, train, test, models, want)
+    write_csv(paths.generated / "llm.csv", rows)
+    stats = {"model": cfg.model, "targets": {comp.labels[c]: t for c, t in want.items()}, **sent, **stats,
+             "kept": len(rows),
+             "kept_per_class": {comp.labels[c]: int((rows["label"] == c).sum()) for c in want}}
+    write_json(paths.generated / "generate_stats.json", stats)
+    generated.rebuild(paths)
+    u = sent["usage_sent"]
+    print(f"generate: tokens this run: {u['prompt_tokens']} prompt + {u['completion_tokens']} completion = "
+          f"{u['total_tokens']}; all answers used: {stats['usage_all']['total_tokens']}")
+    dropped = {k: v for k, v in stats["filtered"].items() if v}
+    print(f"generate: wrote {len(rows)} rows to {paths.generated / 'llm.csv'}; filtered {dropped or 'none'}")
+    return paths.generated / "llm.csv"
+
+
+@C.cli
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m medalist.generate", description=__doc__.split("\n")[0])
+    ap.add_argument("--comp", default="demo", help="competition name (configs/competitions/<comp>.yaml)")
+    args = ap.parse_args(argv)
+    run(args.comp)
+
+
+if __name__ == "__main__":
+    main()
