@@ -82,14 +82,14 @@ def torch_seed() -> None:
 
 
 def model_configs(models: dict[str, Path]) -> dict[str, dict]:
-    bert = dict(family="encoder", backbone=str(models["bert"]), max_length=32, batch_size=8, eval_batch_size=16,
-                lr=1e-3, warmup_ratio=0.1, epochs=1, seed=0)
+    bert = {"family": "encoder", "backbone": str(models["bert"]), "max_length": 32, "batch_size": 8,
+            "eval_batch_size": 16, "lr": 1e-3, "warmup_ratio": 0.1, "epochs": 1, "seed": 0}
     return {
         "tinybert": bert,
         "tinybert2": {**bert, "epochs": 2},
-        "tinyqwen": dict(family="decoder_lora", backbone=str(models["qwen"]), max_length=32, batch_size=8,
-                         eval_batch_size=16, lr=5e-3, epochs=1, seed=0, lora_r=4, lora_alpha=8,
-                         lora_target_modules=["q_proj", "v_proj"], load_in_4bit=True),
+        "tinyqwen": {"family": "decoder_lora", "backbone": str(models["qwen"]), "max_length": 32, "batch_size": 8,
+                     "eval_batch_size": 16, "lr": 5e-3, "epochs": 1, "seed": 0, "lora_r": 4, "lora_alpha": 8,
+                     "lora_target_modules": ["q_proj", "v_proj"], "load_in_4bit": True},
     }
 
 
@@ -130,7 +130,7 @@ def launch_cmd(model: str, *args: str) -> list[str]:
 
 def launch(root: Path, model: str, *args: str) -> subprocess.CompletedProcess:
     proc = subprocess.run(launch_cmd(model, *args), env=env_for(root), cwd=root, capture_output=True, text=True,
-                          timeout=300)
+                          timeout=300, check=False)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     return proc
 
@@ -303,6 +303,13 @@ def test_killed_fold_resumes_to_the_uninterrupted_predictions(tiny_models, tmp_p
     finally:
         proc.wait()
     assert not (fold_dir / "done.json").exists(), "the run finished before it could be killed"
+    from medalist import config as C
+    from medalist.models import encoder
+
+    # `make predict CKPT=…/ckpt/epoch1` works on the half-trained fold too
+    cfg = C.from_dict(encoder.Config, model_configs(tiny_models)["tinybert2"])
+    mid = encoder.load_predictor(cfg, fold_dir / "ckpt" / "epoch1", len(LABELS))(_texts(6, 5)[0])
+    assert mid.shape == (6, len(LABELS)) and np.allclose(mid.sum(1), 1, atol=1e-5)
 
     out = launch(killed, "tinybert2", "--folds", "0")
     assert "resumed after epoch 1" in out.stdout
@@ -322,8 +329,7 @@ def test_killed_fold_resumes_to_the_uninterrupted_predictions(tiny_models, tmp_p
 
 def test_injected_oom_halves_the_batch_once_and_keeps_the_step_count(tiny_models, tmp_path, monkeypatch, capsys):
     from medalist import config as C
-    from medalist.models import FoldData
-    from medalist.models import encoder
+    from medalist.models import FoldData, encoder
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     cfg = C.from_dict(encoder.Config, model_configs(tiny_models)["tinybert"])
@@ -340,3 +346,46 @@ def test_injected_oom_halves_the_batch_once_and_keeps_the_step_count(tiny_models
     assert res.info["oom_events"] == 1 and res.info["batch_size"] == 4 and res.info["grad_accum"] == 2
     assert res.info["optimizer_steps"] == plain.info["optimizer_steps"] == 4
     assert res.val_proba.shape == (8, len(LABELS)) and np.allclose(res.val_proba.sum(1), 1, atol=1e-5)
+
+
+# ---------------------------------------------------------------- epoch selection
+
+
+def _small_fold(n: int = 48):
+    from medalist.models import FoldData
+
+    texts, labels = _texts(n, 4)
+    v = n // 4
+    return FoldData(fold=0, n_classes=len(LABELS), train_texts=texts[v:], train_labels=np.array(labels[v:]),
+                    val_ids=[str(i) for i in range(v)], val_texts=texts[:v], val_labels=np.array(labels[:v]),
+                    test_ids=["a", "b"], test_texts=texts[:2], metric="micro_f1", log_dir=None)
+
+
+def test_best_epoch_and_early_stopping_are_marked_optimistic(tiny_models, tmp_path, monkeypatch):
+    from medalist import config as C
+    from medalist.models import encoder
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    base = model_configs(tiny_models)["tinybert"]
+    fold = _small_fold()
+    best = C.from_dict(encoder.Config, {**base, "epochs": 3, "lr": 3e-3, "select_best_epoch": True})
+    runs = {}
+    for name, scripted in (("first", [0.9, 0.5, 0.4]), ("last", [0.1, 0.2, 0.3])):
+        # validation scores scripted so the best epoch is known; the training itself is identical
+        values = iter(scripted)
+        monkeypatch.setattr(encoder, "score", lambda metric, y, p, values=values: next(values))
+        runs[name] = encoder.fit_fold(best, fold, tmp_path / name)
+        assert runs[name].info["optimistic"] is True
+        # the saved weights are the chosen epoch's: they reproduce the reported probabilities
+        again = encoder.load_predictor(best, tmp_path / name, len(LABELS))(fold.val_texts)
+        np.testing.assert_allclose(again, runs[name].val_proba, atol=1e-5)
+    assert runs["first"].info["best_epoch"] == 1 and runs["last"].info["best_epoch"] == 3
+    assert np.abs(runs["first"].val_proba - runs["last"].val_proba).max() > 1e-4  # epoch 1's weights came back
+    monkeypatch.undo()
+
+    # a learning rate too small to change any prediction: no improvement, so patience 1 stops at epoch 2
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    stop = C.from_dict(encoder.Config, {**base, "epochs": 4, "lr": 1e-12, "early_stopping_patience": 1})
+    res = encoder.fit_fold(stop, fold, tmp_path / "stop")
+    assert res.info["epochs_run"] == 2 and res.info["optimistic"] is True
+    assert not (tmp_path / "stop" / "ckpt").exists()

