@@ -57,7 +57,7 @@ endif
 
 help: ## list every target
 	@echo "usage: make <target> [COMP=demo] [MODELS=\"tfidf embed minilm\"] [USE_GEN=0|1] …"
-	@awk 'BEGIN {FS = ":.*## "} /^[a-z]+:.*## / {printf "  \033[1m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z]+:.*## / {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 # no recipe of its own: `make -q all` must be able to say "up to date"
 all: $(RAW) $(CHECKS) $(PROC) $(RUN_FILES) $(LEADERBOARD) $(ENSEMBLE) $(REPORT) ## download, check, folds, train MODELS, evaluate, ensemble, report
@@ -152,9 +152,25 @@ submit: | $(VENV)/.installed ## upload FILE (default: the ensemble's submission)
 status: | $(VENV)/.installed ## poll Kaggle for the public scores of past submissions into the ledger
 	$(PY) -m medalist.submit --comp $(COMP) --status
 
+# ---------------------------------------------------------------- benchmark
+BENCH_COMP   ?= math-subjects
+BENCH_DIR    ?= ../shared/competitions/math-subjects
+BENCH_MODELS ?= tfidf embed minilm-1ep#  the runs the quality part scores
+BENCH_NEURAL ?= minilm-1ep#              the config of the speed test and of the Trainer reference
+BENCH_ARGS   ?=#                         e.g. --parts speed,growth  --quick  --skip-trainer-fit
+# The runs are ordinary targets in results/$(BENCH_COMP)/, so a rerun of the bench reuses them;
+# the plain `all` goes last so results/<comp>/ensemble/ ends as the plain ensemble.
+bench: | $(VENV)/.installed ## score, speed, memory, growth against plain references → BENCHMARKS.md
+	$(MAKE) --no-print-directory augment COMP=$(BENCH_COMP) COMP_DIR='$(BENCH_DIR)' MODELS="$(BENCH_MODELS)"
+	$(MAKE) --no-print-directory all COMP=$(BENCH_COMP) COMP_DIR='$(BENCH_DIR)' MODELS="$(BENCH_MODELS)" USE_GEN=1
+	$(MAKE) --no-print-directory all COMP=$(BENCH_COMP) COMP_DIR='$(BENCH_DIR)' MODELS="$(BENCH_MODELS)"
+	$(PY) bench/run_bench.py --comp $(BENCH_COMP) --comp-dir '$(BENCH_DIR)' --runs "$(BENCH_MODELS)" --model $(BENCH_NEURAL) $(BENCH_ARGS)
+
 # ---------------------------------------------------------------- project
 test: | $(VENV)/.installed ## run the offline test suite
 	$(PY) -m pytest -q tests
 
-clean: ## remove everything generated for COMP (keeps data/raw downloads and .venv)
-	rm -rf data/processed/$(COMP) data/generated/$(COMP) results/$(COMP) logs/$(COMP) images/$(COMP) submission/$(COMP)
+clean: ## remove everything generated for COMP (keeps data/raw, the LLM cache, the submission ledger, .venv)
+	rm -rf data/processed/$(COMP) results/$(COMP) logs/$(COMP) images/$(COMP)
+	rm -f data/generated/$(COMP)/{aug,llm,generated_train}.csv submission/$(COMP)/*.json
+	find submission/$(COMP) -name '*.csv' ! -name ledger.csv -delete 2>/dev/null || true

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import resource
 import time
 from pathlib import Path
 
@@ -73,7 +72,6 @@ def main() -> None:
         "n_test": len(test_texts),
         "tokenize_seconds": tokenize_seconds,
         "n_tokenized": len(texts) + len(test_texts),
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "peak_gpu_mb": info.get("peak_gpu_mb") if torch.cuda.is_available() else None,
         "device": info.get("device"),
         "mixed_precision": info.get("mixed_precision"),

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import os
 import platform
 import shlex
@@ -55,19 +54,35 @@ REFERENCE_TFIDF = 0.762  # SOURCE.md's figure for the plain TF-IDF reference on 
 
 
 def run_child(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> dict:
-    """Run one process to the end: its wall time and its own peak RSS (os.wait4, not the bench's)."""
+    """Run one process to the end: its wall time and the peak RSS of it and its children.
+
+    RSS is sampled (psutil, every 50 ms) rather than read from getrusage: a child's ru_maxrss
+    starts at the bench's own RSS when it forks, which would hide small stages.
+    """
+    import psutil
+
     log.parent.mkdir(parents=True, exist_ok=True)
     print("$ " + shlex.join(cmd), flush=True)
     with open(log, "w") as fh:
         t0 = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env or child_env(), cwd=C.root())
-        _, status, usage = os.wait4(proc.pid, 0)
+        peak = 0
+        ps = psutil.Process(proc.pid)
+        while proc.poll() is None:
+            try:
+                rss = sum(p.memory_info().rss for p in [ps, *ps.children(recursive=True)])
+            except psutil.Error:  # a process ended between listing and reading
+                rss = 0
+            peak = max(peak, rss)
+            try:
+                proc.wait(timeout=0.05)
+            except subprocess.TimeoutExpired:
+                pass
         wall = time.perf_counter() - t0
-    proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         tail = "".join(log.read_text(errors="replace").splitlines(keepends=True)[-25:])
         raise RuntimeError(f"{shlex.join(cmd)} failed ({proc.returncode}); last lines of {log}:\n{tail}")
-    return {"wall_seconds": wall, "peak_rss_mb": round(usage.ru_maxrss / 1024, 1)}
+    return {"wall_seconds": wall, "peak_rss_mb": round(peak / 2**20, 1)}
 
 
 def child_env(**extra: str) -> dict[str, str]:
@@ -147,8 +162,9 @@ def ensemble_variant(comp, runs: list[str], tta: bool, work: Path) -> Path | Non
             if not name.is_symlink():
                 name.symlink_to(target.resolve(), target_is_directory=True)
         cmd = [sys.executable, "-m", "medalist.ensemble", "--comp", comp.name, "--runs", " ".join(runs)]
-        run_child(cmd + (["--tta"] if tta else []), scratch / "ensemble.log",
-                  child_env(MEDALIST_ROOT=str(scratch), MEDALIST_CONFIGS=str(C.configs_dir())))
+        proc = run_child(cmd + (["--tta"] if tta else []), scratch / "ensemble.log",
+                         child_env(MEDALIST_ROOT=str(scratch), MEDALIST_CONFIGS=str(C.configs_dir())))
+        write_json(scratch / "process.json", proc)
     return sub
 
 
@@ -186,11 +202,13 @@ def part_quality(args, comp, data: dict, work: Path) -> dict:
         for tta in (False, True):
             sub = ensemble_variant(comp, names, tta, work)
             if sub is not None:
-                m = read_json(sub.parents[2] / "results" / comp.name / "ensemble" / "metrics.json")
+                scratch = sub.parents[2]
+                m = read_json(scratch / "results" / comp.name / "ensemble" / "metrics.json")
+                proc = read_json(scratch / "process.json")
                 ensembles[f"{label}{' + TTA' if tta else ''}"] = {
                     "runs": names, "tta": tta, "test": answers.score_submission(sub),
-                    "oof_score": m["oof_score"], "method": m["method"], "seconds": m["train_seconds"],
-                    "peak_rss_mb": m["peak_rss_mb"]}
+                    "oof_score": m["oof_score"], "method": m["method"], "seconds": proc["wall_seconds"],
+                    "peak_rss_mb": proc["peak_rss_mb"]}
 
     train = pd.read_csv(data["train"])
     test = pd.read_csv(data["test"])
@@ -274,6 +292,8 @@ def part_speed(args, data: dict, work: Path, growth_sizes: list[int]) -> dict:
         "samples": {side: [{k: s[k] for k in ("train_samples_per_s", "infer_texts_per_s", "tokenize_seconds")}
                            for s in samples[side]] for side in samples},
         "infer_growth": samples["medalist"][-1].get("infer_growth", []),
+        "process_seconds": {side: statistics.median(s["process"]["wall_seconds"] for s in samples[side])
+                            for side in samples},
         "wall_seconds": sum(s["process"]["wall_seconds"] for side in samples for s in samples[side]),
     }
 
@@ -364,20 +384,26 @@ def machine() -> dict:
     return out
 
 
-def peak_rss_table(res: dict) -> dict[str, float]:
+def stage_table(res: dict) -> dict[str, dict]:
+    """Every stage that ran as its own process: peak RSS and wall seconds (train + predict for runs)."""
     q, s = res.get("quality") or {}, res.get("speed") or {}
     out = {}
+
+    def add(name, rss, *seconds):
+        known = [x for x in seconds if x is not None]
+        out[name] = {"peak_rss_mb": rss, "seconds": sum(known) if known else None}
+
     for name, e in (q.get("runs") or {}).items():
-        out[f"train {name}"] = e.get("peak_rss_mb")
+        add(f"train {name} (all folds)", e.get("peak_rss_mb"), e.get("train_seconds"), e.get("predict_seconds"))
         if "tta" in e:
-            out[f"tta {name}"] = e["tta"].get("peak_rss_mb")
+            add(f"tta {name}", e["tta"].get("peak_rss_mb"), e["tta"].get("predict_seconds"))
     for name, e in (q.get("ensembles") or {}).items():
-        out[f"ensemble {name}"] = e.get("peak_rss_mb")
+        add(f"ensemble {name}", e.get("peak_rss_mb"), e.get("seconds"))
     for name, e in (q.get("references") or {}).items():
         if e.get("peak_rss_mb") is not None:
-            out[f"reference {name}"] = e["peak_rss_mb"]
+            add(f"reference {name}", e["peak_rss_mb"], e.get("wall_seconds"))
     for side, v in (s.get("peak_rss_mb") or {}).items():
-        out[f"speed run {side}"] = v
+        add(f"speed run {side} (one)", v, (s.get("process_seconds") or {}).get(side))
     return out
 
 
@@ -439,37 +465,39 @@ def render(res: dict) -> str:
         for name, e in q["ensembles"].items():
             L.append(f"| **ensemble {name}** ({e['method']}) | {fmt(e['test']['micro_f1'])} | "
                      f"{fmt(e['test']['macro_f1'])} | {fmt(e['oof_score'])} | {fmt(e['seconds'], 1)} | — |")
-        L += ["", f"Train / predict seconds of a run are all its folds (metrics.json); the first `make bench` "
+        L += ["", (f"Train / predict seconds of a run are all its folds (metrics.json); the first `make bench` "
               f"trains them (on this CPU: {fmt(sum((e.get('train_seconds') or 0) for e in q['runs'].values()) / 3600, 2)} h "
               f"of training for the runs above), a rerun reuses them. The HF Trainer reference is one model "
-              f"on all of train.csv (no folds), cached under results/{res['comp']}/bench/.", ""]
+              f"on all of train.csv (no folds), cached under results/{res['comp']}/bench/."), ""]
     if s:
         tr, inf, tok = s["train_samples_per_s"], s["infer_texts_per_s"], s["tokenize_seconds"]
         L += ["## Speed (A/B, same backbone, same rows)", "",
-              f"{s['repeats']} alternating repeats (ABBA order), median; each side its own process; "
+              (f"{s['repeats']} alternating repeats (ABBA order), median; each side its own process; "
               f"training: {s['steps']} optimizer steps on the same {s['rows']} train rows (medalist: "
               f"`encoder.fit_fold`, one epoch over them; Trainer: `--max-steps {s['steps']}`); inference: "
-              f"the same {s['infer_rows']} test texts. Device: {s['device']}.", "",
+              f"the same {s['infer_rows']} test texts. Device: {s['device']}."), "",
               "| | medalist | plain Trainer | ratio |", "|---|---|---|---|",
               f"| training samples/s | {fmt(tr['medalist'], 2)} | {fmt(tr['trainer'], 2)} | {fmt(tr['ratio'], 2)}× |",
               f"| inference texts/s | {fmt(inf['medalist'], 1)} | {fmt(inf['trainer'], 1)} | {fmt(inf['ratio'], 2)}× |",
-              f"| tokenisation s ({tok['texts']} texts) | {fmt(tok['medalist'], 3)} | {fmt(tok['trainer'], 3)} | "
-              f"{fmt(tok['ratio'], 2)}× |",
-              f"| peak RSS MB | {fmt(s['peak_rss_mb']['medalist'])} | {fmt(s['peak_rss_mb']['trainer'])} | |"]
+              (f"| tokenisation s ({tok['texts']} texts) | {fmt(tok['medalist'], 3)} | {fmt(tok['trainer'], 3)} | "
+              f"{fmt(tok['ratio'], 2)}× |"),
+              f"| peak RSS MB | {fmt(s['peak_rss_mb']['medalist'], 0)} | {fmt(s['peak_rss_mb']['trainer'], 0)} | |"]
         if gpu or any(s["peak_gpu_mb"].values()):
             L.append(f"| peak GPU MB ({s['mixed_precision']['medalist']} / {s['mixed_precision']['trainer']}) | "
-                     f"{fmt(s['peak_gpu_mb']['medalist'])} | {fmt(s['peak_gpu_mb']['trainer'])} | |")
+                     f"{fmt(s['peak_gpu_mb']['medalist'], 0)} | {fmt(s['peak_gpu_mb']['trainer'], 0)} | |")
         L += ["", "Per repeat (samples/s, texts/s): " + "; ".join(
             f"{side} " + ", ".join(f"{r['train_samples_per_s']:.2f}/{r['infer_texts_per_s']:.1f}" for r in rs)
             for side, rs in s["samples"].items()) + f". Speed part wall time: {s['wall_seconds'] / 60:.1f} min.", ""]
-    rss = res.get("peak_rss_mb") or {}
-    if rss:
-        L += ["## Memory and wall time per stage", "", "| stage (its own process) | peak RSS MB |", "|---|---|"]
-        L += [f"| {k} | {fmt(v, 1)} |" for k, v in rss.items()] + [""]
+    stages = res.get("stages") or {}
+    if stages:
+        L += ["## Memory and wall time per stage", "", ("Each stage is its own process; runs' figures come from "
+              "their metrics.json (all folds), the others are sampled by the bench (RSS of the process tree)."), "",
+              "| stage | peak RSS MB | wall s |", "|---|---|---|"]
+        L += [f"| {k} | {fmt(v['peak_rss_mb'], 0)} | {fmt(v['seconds'], 1)} |" for k, v in stages.items()] + [""]
     if g:
         L += ["## Growth", "", g["note"], "", "![growth](bench/growth.png)", "",
-              "| train rows | TF-IDF fit s | medalist epoch s | Trainer epoch s | medalist k-fold run h | "
-              "test rows | TF-IDF predict s | medalist predict s | Trainer predict s |", "|---|---|---|---|---|---|---|---|---|"]
+              ("| train rows | TF-IDF fit s | medalist epoch s | Trainer epoch s | medalist k-fold run h | "
+              "test rows | TF-IDF predict s | medalist predict s | Trainer predict s |"), "|---|---|---|---|---|---|---|---|---|"]
         for r in g["rows"]:
             L.append(f"| {r['n']} | {fmt(r['tfidf_train_seconds'], 2)} | {fmt(r.get('medalist_epoch_seconds'), 1)} | "
                      f"{fmt(r.get('trainer_epoch_seconds'), 1)} | {fmt(r.get('medalist_kfold_run_hours'), 2)} | "
@@ -553,7 +581,8 @@ def main(argv: list[str] | None = None) -> None:
         res[key] = q.get(key)
     for key in ("train_samples_per_s", "infer_texts_per_s"):
         res[key] = s.get(key)
-    res["peak_rss_mb"] = peak_rss_table(res)
+    res["stages"] = stage_table(res)
+    res["peak_rss_mb"] = {k: v["peak_rss_mb"] for k, v in res["stages"].items()}
     cmd = shlex.join(["python", "bench/run_bench.py", *(argv if argv is not None else sys.argv[1:])])
     res["commands"] = [
         f"make all COMP={comp.name} COMP_DIR={a.comp_dir} MODELS=\"{' '.join(a.runs)}\"",

@@ -16,17 +16,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
 import yaml
 from datasets import Dataset
-from transformers import (AutoModelForSequenceClassification, AutoTokenizer, Trainer, TrainerCallback,
-                          TrainingArguments)
+from transformers import (
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+)
 
 
 def backbone_path(name: str) -> str:
@@ -125,7 +128,6 @@ def main() -> None:
         "n_test": len(test_df),
         "tokenize_seconds": tokenize_seconds,
         "n_tokenized": len(train_df) + len(test_df),
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "peak_gpu_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1) if torch.cuda.is_available() else None,
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
         "mixed_precision": "bf16" if training_args.bf16 else "no",
