@@ -218,3 +218,28 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path):
             tmp.write_text("half")
             raise RuntimeError("killed")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_use_gen_trains_on_generated_rows_of_each_fold_only(demo_raw):
+    folds_stage.run(load_competition("demo"))
+    paths = Paths("demo")
+    train, _ = read_processed(paths)
+    parents = train.groupby("fold").head(2)
+    gen = pd.DataFrame({
+        "id": [f"aug-{p}" for p in parents["id"]],
+        "text": parents["text"] + " again",
+        "label": parents["label"],
+        "source": "aug:swap",
+        "parent_id": parents["id"],
+        "folds": [";".join(str(k) for k in range(5) if k != f) for f in parents["fold"]],
+    })
+    paths.generated.mkdir(parents=True)
+    gen.to_csv(paths.generated / "generated_train.csv", index=False)
+    plain = train_stage.run("demo", "tfidf")
+    with_gen = train_stage.run("demo", "tfidf", use_gen=True)
+    assert with_gen.name == "tfidf+gen" and plain.name == "tfidf" and (plain / "metrics.json").exists()
+    metrics = __import__("json").loads((with_gen / "metrics.json").read_text())
+    # each fold gets the 8 rows whose parent sits in another fold, never its own 2
+    assert metrics["n_generated"] == [{"aug:swap": 8}] * 5
+    oof = pd.read_csv(with_gen / "oof.csv", dtype={"id": str})
+    assert not oof["id"].str.startswith("aug-").any() and len(oof) == len(train)
