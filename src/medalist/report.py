@@ -123,7 +123,9 @@ def _checks(page: Page, paths: Paths) -> None:
     page.heading("Data checks")
     md = paths.results / "checks.md"
     if md.exists():
-        page.pre(md.read_text(encoding="utf-8").strip())
+        # its picture links are dropped here: the pictures themselves follow, inlined
+        text = "\n".join(line for line in md.read_text(encoding="utf-8").splitlines() if not line.startswith("!["))
+        page.pre(text.strip())
     else:
         page.para(f"No checks yet: run `make check COMP={paths.comp}`.", muted=True)
     for png in sorted(paths.images.glob("checks_*.png")):
