@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import subprocess
 import time
 from pathlib import Path
 
@@ -60,7 +59,7 @@ def run(comp: Competition, file: Path | None = None, message: str | None = None,
         )
 
     run_name, cv = _sidecar(file)
-    git_sha = _git_sha()
+    git_sha = C.git_sha()
     message = message or f"{run_name} CV={cv} git={git_sha}"
 
     def upload(url: str) -> None:
@@ -189,16 +188,6 @@ def _sidecar(file: Path) -> tuple[str, str]:
     cv = meta.get("cv")
     cv_text = f"{cv:.4f}" if isinstance(cv, float) else ("?" if cv is None else str(cv))
     return str(meta.get("run") or file.stem), cv_text
-
-
-def _git_sha() -> str:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=C.root(), capture_output=True, text=True, check=True
-        )
-    except (OSError, subprocess.CalledProcessError):
-        return "nogit"
-    return out.stdout.strip() or "nogit"
 
 
 @cli
