@@ -12,7 +12,6 @@ another child are dropped; so are children whose math could not be kept intact.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import random
 from pathlib import Path
@@ -24,7 +23,7 @@ from tqdm import tqdm
 from medalist import config as C
 from medalist import generated, textviews
 from medalist.competition import load_competition
-from medalist.config import Paths, UserError
+from medalist.config import Paths, UserError, stage_parser
 from medalist.data import read_processed, write_csv, write_json
 
 StepName = Literal["swap", "delete", "crop", "spelling", "keyboard", "synonym", "contextual"]
@@ -161,8 +160,7 @@ def run(comp_name: str) -> Path:
 
 @C.cli
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m medalist.augment", description=__doc__.split("\n")[0])
-    ap.add_argument("--comp", default="demo", help="competition name (configs/competitions/<comp>.yaml)")
+    ap = stage_parser("medalist.augment", __doc__)
     args = ap.parse_args(argv)
     run(args.comp)
 

@@ -12,7 +12,6 @@ classifier: AUC and the most telling tokens).
 """
 from __future__ import annotations
 
-import argparse
 import os
 from pathlib import Path
 
@@ -21,7 +20,7 @@ import pandas as pd
 
 from medalist import config as C
 from medalist.competition import Competition, load_competition, read_raw
-from medalist.config import Paths, UserError
+from medalist.config import Paths, UserError, stage_parser
 from medalist.data import write_text
 from medalist.plots import pyplot, save_figure
 from medalist.text import RE_BYTES, RE_CODE, RE_EMAIL, RE_HTML, RE_LATEX, RE_URL, looks_english, normalise
@@ -187,8 +186,7 @@ def run(comp: Competition) -> Path:
 
 @C.cli
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="medalist.checks", description=__doc__.splitlines()[0])
-    ap.add_argument("--comp", required=True)
+    ap = stage_parser("medalist.checks", __doc__)
     a = ap.parse_args(argv)
     run(load_competition(a.comp))
 

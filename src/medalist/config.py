@@ -225,3 +225,12 @@ def peak_rss_mb() -> float:
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     return round(max(own, kids) / 1024, 1)
+
+
+def stage_parser(module: str, doc: str | None):
+    """The command line every stage starts from: `python -m <module> --comp NAME …`."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog=f"python -m {module}", description=(doc or module).strip().splitlines()[0])
+    ap.add_argument("--comp", default="demo", help="competition: configs/competitions/<comp>.yaml")
+    return ap

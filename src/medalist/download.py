@@ -10,7 +10,6 @@ Run:    python -m medalist.download --comp NAME [--dir PATH | --zip PATH.zip]   
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -25,7 +24,7 @@ from tqdm import tqdm
 
 from medalist import config as C
 from medalist.competition import Competition, load_competition
-from medalist.config import Paths, UserError, cli
+from medalist.config import Paths, UserError, cli, stage_parser
 from medalist.kaggle_client import Api
 
 STAMP = ".complete"
@@ -133,8 +132,7 @@ def _download_kaggle(comp: Competition, archive: Path, backoff_base: float) -> N
 
 @cli
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m medalist.download", description=__doc__.splitlines()[0])
-    p.add_argument("--comp", default="demo", help="competition config name (configs/competitions/NAME.yaml)")
+    p = stage_parser("medalist.download", __doc__)
     p.add_argument("--dir", default="", help="copy the competition files from this folder")
     p.add_argument("--zip", default="", help="unzip the competition files from this zip")
     args = p.parse_args(argv)

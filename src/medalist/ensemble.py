@@ -17,7 +17,6 @@ of method is not scored on the rows it was chosen with. oof.csv holds those nest
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import re
 import time
@@ -31,7 +30,7 @@ from scipy.stats import rankdata
 
 from medalist import config as C
 from medalist.competition import load_competition, write_submission
-from medalist.config import Paths, UserError
+from medalist.config import Paths, UserError, stage_parser
 from medalist.data import prob_columns, probs_of, read_processed, read_run, write_csv, write_json
 from medalist.metrics import better, score
 
@@ -375,8 +374,7 @@ def run(comp_name: str, runs: list[str], use_tta: bool = False) -> Path:
 
 @C.cli
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="medalist.ensemble", description=__doc__.splitlines()[0])
-    ap.add_argument("--comp", required=True)
+    ap = stage_parser("medalist.ensemble", __doc__)
     ap.add_argument("--runs", required=True, help='space-separated run names, e.g. "tfidf minilm"')
     ap.add_argument("--tta", action="store_true", help="blend each run's tta/ predictions")
     a = ap.parse_args(argv)

@@ -7,14 +7,13 @@ Run     python -m medalist.evaluate --comp demo --runs "tfidf minilm"   (scripts
 """
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 from sklearn.metrics import precision_recall_fscore_support
 
 from medalist import config as C
 from medalist.competition import load_competition
-from medalist.config import Paths, UserError
+from medalist.config import Paths, UserError, stage_parser
 from medalist.data import probs_of, read_processed, read_run, write_text
 from medalist.plots import plot_confusion
 from medalist.metrics import higher_is_better
@@ -75,8 +74,7 @@ def run(comp_name: str, runs: list[str]) -> Path:
 
 @C.cli
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="medalist.evaluate", description=__doc__.splitlines()[0])
-    ap.add_argument("--comp", required=True)
+    ap = stage_parser("medalist.evaluate", __doc__)
     ap.add_argument("--runs", required=True, help='space-separated run names, e.g. "tfidf minilm"')
     a = ap.parse_args(argv)
     run(a.comp, a.runs.split())

@@ -11,7 +11,6 @@ and grouped so exact and near-duplicate texts land in the same fold (correctness
 """
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +18,7 @@ from sklearn.model_selection import StratifiedGroupKFold
 
 from medalist import config as C
 from medalist.competition import Competition, load_competition, read_raw
-from medalist.config import Paths, UserError
+from medalist.config import Paths, UserError, stage_parser
 from medalist.data import write_csv
 from medalist.text import clean, near_duplicate_groups
 
@@ -57,8 +56,7 @@ def run(comp: Competition) -> Path:
 
 @C.cli
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="medalist.folds", description=__doc__.splitlines()[0])
-    ap.add_argument("--comp", required=True)
+    ap = stage_parser("medalist.folds", __doc__)
     a = ap.parse_args(argv)
     run(load_competition(a.comp))
 

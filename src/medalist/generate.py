@@ -16,7 +16,6 @@ class probability >= label_threshold. Rows equal or near to a test or train row 
 """
 from __future__ import annotations
 
-import argparse
 import concurrent.futures as cf
 import dataclasses
 import hashlib
@@ -36,7 +35,7 @@ from tqdm import tqdm
 from medalist import config as C
 from medalist import generated
 from medalist.competition import Competition, load_competition
-from medalist.config import Paths, UserError
+from medalist.config import Paths, UserError, stage_parser
 from medalist.data import read_processed, write_csv, write_json
 
 DEFAULT_BASE_URL = "http://localhost:8000/v1"
@@ -373,8 +372,7 @@ def run(comp_name: str) -> Path:
 
 @C.cli
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m medalist.generate", description=__doc__.split("\n")[0])
-    ap.add_argument("--comp", default="demo", help="competition name (configs/competitions/<comp>.yaml)")
+    ap = stage_parser("medalist.generate", __doc__)
     args = ap.parse_args(argv)
     run(args.comp)
 

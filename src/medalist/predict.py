@@ -12,7 +12,6 @@ test data, a checkpoint from an unfinished run, or a check that saved weights re
 """
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +19,7 @@ import pandas as pd
 
 from medalist import config as C
 from medalist.competition import load_competition, write_submission
-from medalist.config import Paths, UserError
+from medalist.config import Paths, UserError, stage_parser
 from medalist.data import prob_columns, read_json, read_processed, write_csv
 from medalist.models import load_run_predictor
 
@@ -63,8 +62,7 @@ def run(comp_name: str, run: str, ckpt: str | Path | None = None) -> Path:
 
 @C.cli
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="medalist.predict", description=__doc__.splitlines()[0])
-    ap.add_argument("--comp", required=True)
+    ap = stage_parser("medalist.predict", __doc__)
     ap.add_argument("--run", required=True)
     ap.add_argument("--ckpt", default=None, help="one weights folder instead of every fold's")
     a = ap.parse_args(argv)

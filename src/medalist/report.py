@@ -10,7 +10,6 @@ Run     python -m medalist.report --comp demo --runs "tfidf minilm"
 """
 from __future__ import annotations
 
-import argparse
 import base64
 import dataclasses
 import html
@@ -22,7 +21,7 @@ import pandas as pd
 
 from medalist import config as C
 from medalist.competition import load_competition
-from medalist.config import Paths, UserError
+from medalist.config import Paths, UserError, stage_parser
 from medalist.data import probs_of, read_json, read_processed, read_run, write_text
 from medalist.metrics import higher_is_better
 
@@ -256,8 +255,7 @@ def run(comp_name: str, runs: list[str]) -> Path:
 
 @C.cli
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="medalist.report", description=__doc__.splitlines()[0])
-    ap.add_argument("--comp", required=True)
+    ap = stage_parser("medalist.report", __doc__)
     ap.add_argument("--runs", required=True, help='space-separated run names, e.g. "tfidf minilm"')
     a = ap.parse_args(argv)
     run(a.comp, a.runs.split())

@@ -8,14 +8,13 @@ Run     python -m medalist.score --comp math-subjects --file submission/math-sub
 """
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import numpy as np
 
 from medalist import config as C
 from medalist.competition import Competition, load_competition
-from medalist.config import UserError
+from medalist.config import UserError, stage_parser
 from medalist.data import read_csv
 from medalist.metrics import score, score_labels
 
@@ -63,8 +62,7 @@ def run(comp: Competition, file: Path, answers: Path) -> dict[str, float]:
 
 @C.cli
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="medalist.score", description=__doc__.splitlines()[0])
-    ap.add_argument("--comp", required=True)
+    ap = stage_parser("medalist.score", __doc__)
     ap.add_argument("--file", required=True, type=Path)
     ap.add_argument("--answers", required=True, type=Path)
     a = ap.parse_args(argv)

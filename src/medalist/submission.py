@@ -7,12 +7,11 @@ Run     python -m medalist.submission --comp demo --run tfidf [--out submission/
 """
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 from medalist import config as C
 from medalist.competition import load_competition, write_submission
-from medalist.config import Paths
+from medalist.config import Paths, stage_parser
 from medalist.data import probs_of, read_run
 
 
@@ -28,8 +27,7 @@ def run(comp_name: str, run: str, out: Path | None = None) -> Path:
 
 @C.cli
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="medalist.submission", description=__doc__.splitlines()[0])
-    ap.add_argument("--comp", required=True)
+    ap = stage_parser("medalist.submission", __doc__)
     ap.add_argument("--run", required=True)
     ap.add_argument("--out", default=None, help="default: submission/<comp>/<run>.csv")
     a = ap.parse_args(argv)

@@ -11,7 +11,6 @@ Run:    python -m medalist.submit --comp NAME [--file PATH] [--message TEXT]   (
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import time
@@ -28,7 +27,7 @@ from kagglesdk.competitions.types.competition_api_service import (
 
 from medalist import config as C
 from medalist.competition import Competition, load_competition, read_sample, validate_submission
-from medalist.config import Paths, UserError, cli
+from medalist.config import Paths, UserError, cli, stage_parser
 from medalist.data import read_csv, write_csv
 from medalist.kaggle_client import RETRY_STATUS, TIMEOUT_S, Api
 
@@ -192,8 +191,7 @@ def _sidecar(file: Path) -> tuple[str, str]:
 
 @cli
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m medalist.submit", description=__doc__.splitlines()[0])
-    p.add_argument("--comp", default="demo", help="competition config name (configs/competitions/NAME.yaml)")
+    p = stage_parser("medalist.submit", __doc__)
     p.add_argument("--file", default="", help="submission CSV (default: submission/<comp>/submission.csv)")
     p.add_argument("--message", default="", help="submission description (default: '<run> CV=<cv> git=<sha>')")
     p.add_argument("--status", action="store_true", help="fetch public scores into the ledger and print CV vs public")

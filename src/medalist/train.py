@@ -14,7 +14,6 @@ run unfinished, so a later full run reuses them.
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import time
@@ -25,7 +24,7 @@ import pandas as pd
 
 from medalist import config as C
 from medalist.competition import load_competition
-from medalist.config import Paths, UserError
+from medalist.config import Paths, UserError, stage_parser
 from medalist.data import prob_columns, read_json, read_processed, write_csv, write_json, write_text
 from medalist.metrics import score
 from medalist.models import FoldData, load_model_config
@@ -191,8 +190,7 @@ def parse_folds(s: str | None) -> list[int] | None:
 
 @C.cli
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="medalist.train", description=__doc__.splitlines()[0])
-    ap.add_argument("--comp", required=True)
+    ap = stage_parser("medalist.train", __doc__)
     ap.add_argument("--model", required=True)
     ap.add_argument("--use-gen", action="store_true")
     ap.add_argument("--folds", default=None, help="comma-separated subset, e.g. 0,1")

@@ -14,7 +14,6 @@ downstream stages can always read tta/. Nothing is retrained.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import re
 import time
@@ -27,7 +26,7 @@ import pandas as pd
 from medalist import config as C
 from medalist import textviews  # TTA reuses augment's text views (DESIGN.md's one exception)
 from medalist.competition import load_competition
-from medalist.config import Paths, UserError
+from medalist.config import Paths, UserError, stage_parser
 from medalist.data import prob_columns, probs_of, read_processed, read_run, write_csv, write_json
 from medalist.metrics import better, score
 
@@ -317,8 +316,7 @@ def run(comp_name: str, run: str) -> Path:
 
 @C.cli
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="medalist.tta", description=__doc__.splitlines()[0])
-    ap.add_argument("--comp", required=True)
+    ap = stage_parser("medalist.tta", __doc__)
     ap.add_argument("--run", required=True)
     a = ap.parse_args(argv)
     run(a.comp, a.run)
