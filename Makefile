@@ -73,24 +73,24 @@ $(VENV)/.installed: requirements.txt
 # ---------------------------------------------------------------- data
 download: $(RAW) ## fetch the competition files (Kaggle, or COMP_DIR / COMP_ZIP, or the built-in demo)
 $(RAW): | $(VENV)/.installed
-	$(PY) -m medalist.download --comp $(COMP) $(if $(COMP_DIR),--dir '$(COMP_DIR)') $(if $(COMP_ZIP),--zip '$(COMP_ZIP)')
+	$(PY) -m medalist.stages.download --comp $(COMP) $(if $(COMP_DIR),--dir '$(COMP_DIR)') $(if $(COMP_ZIP),--zip '$(COMP_ZIP)')
 
 check: $(CHECKS) ## audit train/test: duplicates, HTML, LaTeX, links, lengths, tokens, adversarial AUC
-$(CHECKS): $(RAW) configs/competitions/$(COMP).yaml $(M)/checks.py | $(VENV)/.installed
-	$(PY) -m medalist.checks --comp $(COMP)
+$(CHECKS): $(RAW) configs/competitions/$(COMP).yaml $(M)/stages/checks.py | $(VENV)/.installed
+	$(PY) -m medalist.stages.checks --comp $(COMP)
 
 folds: $(PROC) ## clean text once; stratified k folds grouped by (near-)duplicates
-$(PROC): $(RAW) configs/competitions/$(COMP).yaml $(M)/folds.py $(M)/text.py | $(VENV)/.installed
-	$(PY) -m medalist.folds --comp $(COMP)
+$(PROC): $(RAW) configs/competitions/$(COMP).yaml $(M)/stages/folds.py $(M)/text/clean.py | $(VENV)/.installed
+	$(PY) -m medalist.stages.folds --comp $(COMP)
 
 # ---------------------------------------------------------------- synthetic data
 augment: data/generated/$(COMP)/aug.csv ## nlpaug copies of rare-class rows, math protected
-data/generated/$(COMP)/aug.csv: $(PROC) configs/augment.yaml $(M)/augment.py $(M)/textviews.py $(M)/generated.py | $(VENV)/.installed
-	$(PY) -m medalist.augment --comp $(COMP)
+data/generated/$(COMP)/aug.csv: $(PROC) configs/augment.yaml $(M)/stages/augment.py $(M)/text/views.py $(M)/core/generated.py | $(VENV)/.installed
+	$(PY) -m medalist.stages.augment --comp $(COMP)
 
 generate: data/generated/$(COMP)/llm.csv ## LLM-written problems via an OpenAI-compatible server (OPENAI_BASE_URL)
-data/generated/$(COMP)/llm.csv: $(PROC) configs/generate.yaml $(M)/generate.py $(M)/generated.py $(R)/tfidf/metrics.json | $(VENV)/.installed
-	$(PY) -m medalist.generate --comp $(COMP)
+data/generated/$(COMP)/llm.csv: $(PROC) configs/generate.yaml $(M)/stages/generate.py $(M)/core/generated.py $(R)/tfidf/metrics.json | $(VENV)/.installed
+	$(PY) -m medalist.stages.generate --comp $(COMP)
 
 $(GEN):
 	@echo "error: USE_GEN=1 but $(GEN) does not exist: run \`make augment COMP=$(COMP)\` or \`make generate COMP=$(COMP)\` first" >&2; exit 2
@@ -101,20 +101,20 @@ baseline: ## = make train MODELS=tfidf
 train: $(RUN_FILES) ## train every run in MODELS, k folds each (neural ones under accelerate launch)
 
 family = $(shell sed -n 's/^family: *\([a-z_]*\).*/\1/p' configs/models/$(1).yaml)
-model_src = $(M)/models/$(if $(filter encoder decoder_lora,$(call family,$(1))),encoder,$(call family,$(1))).py
-launcher = $(if $(filter tfidf embed_lr,$(call family,$(1))),$(PY) -m medalist.train,$(ACCELERATE) -m medalist.train)
+model_src = $(M)/models/families/$(if $(filter encoder decoder_lora,$(call family,$(1))),hf_text,$(call family,$(1))).py
+launcher = $(if $(filter tfidf embed_lr,$(call family,$(1))),$(PY) -m medalist.stages.train,$(ACCELERATE) -m medalist.stages.train)
 
 define RUN_RULE
-$(R)/$(1)$(GEN_SUFFIX)/metrics.json: configs/models/$(1).yaml $(PROC) $(if $(GEN_SUFFIX),$(GEN)) $(M)/train.py $(M)/models/__init__.py $(call model_src,$(1)) | $(VENV)/.installed
+$(R)/$(1)$(GEN_SUFFIX)/metrics.json: configs/models/$(1).yaml $(PROC) $(if $(GEN_SUFFIX),$(GEN)) $(M)/stages/train.py $(M)/models/__init__.py $(call model_src,$(1)) | $(VENV)/.installed
 	$(call launcher,$(1)) --comp $(COMP) --model $(1) $(if $(GEN_SUFFIX),--use-gen) $(if $(FOLDS),--folds $(FOLDS))
-$(R)/$(1)$(GEN_SUFFIX)/tta/metrics.json: $(R)/$(1)$(GEN_SUFFIX)/metrics.json configs/ensemble.yaml $(M)/tta.py $(M)/textviews.py | $(VENV)/.installed
-	$(PY) -m medalist.tta --comp $(COMP) --run $(1)$(GEN_SUFFIX)
+$(R)/$(1)$(GEN_SUFFIX)/tta/metrics.json: $(R)/$(1)$(GEN_SUFFIX)/metrics.json configs/ensemble.yaml $(M)/stages/tta.py $(M)/text/views.py | $(VENV)/.installed
+	$(PY) -m medalist.stages.tta --comp $(COMP) --run $(1)$(GEN_SUFFIX)
 endef
 $(foreach m,$(sort $(MODELS) $(basename $(notdir $(wildcard configs/models/*.yaml)))),$(eval $(call RUN_RULE,$(m))))
 
 predict: ## RUN=<run> [CKPT=dir]: test probabilities from saved weights → submission/<comp>/<run>.csv
 	$(if $(RUN),,$(error predict needs RUN=<run>, e.g. make predict RUN=minilm))
-	$(PY) -m medalist.predict --comp $(COMP) --run $(RUN) $(if $(CKPT),--ckpt '$(CKPT)')
+	$(PY) -m medalist.stages.predict --comp $(COMP) --run $(RUN) $(if $(CKPT),--ckpt '$(CKPT)')
 
 tensorboard: ## serve logs/<comp>/ (loss, learning rate, metric, throughput per fold)
 	$(VENV)/bin/tensorboard --logdir logs/$(COMP) --host 127.0.0.1
@@ -123,34 +123,34 @@ tensorboard: ## serve logs/<comp>/ (loss, learning rate, metric, throughput per 
 tta: $(TTA_FILES) ## test-time augmentation views per run (used only where OOF improves)
 
 evaluate: $(LEADERBOARD) ## confusion matrices, per-class scores, leaderboard.md of the runs in MODELS
-$(LEADERBOARD): $(RUN_FILES) $(RUNS_STAMP) $(PROC) $(M)/evaluate.py | $(VENV)/.installed
-	$(PY) -m medalist.evaluate --comp $(COMP) --runs "$(RUNS)"
+$(LEADERBOARD): $(RUN_FILES) $(RUNS_STAMP) $(PROC) $(M)/stages/evaluate.py | $(VENV)/.installed
+	$(PY) -m medalist.stages.evaluate --comp $(COMP) --runs "$(RUNS)"
 
 ensemble: $(ENSEMBLE) ## OOF-fitted ensemble (method by nested CV) → submission/<comp>/submission.csv
-$(ENSEMBLE): $(if $(filter 1,$(TTA)),$(TTA_FILES),$(RUN_FILES)) $(RUNS_STAMP) $(PROC) configs/ensemble.yaml $(M)/ensemble.py | $(VENV)/.installed
-	$(PY) -m medalist.ensemble --comp $(COMP) --runs "$(RUNS)" $(if $(filter 1,$(TTA)),--tta)
+$(ENSEMBLE): $(if $(filter 1,$(TTA)),$(TTA_FILES),$(RUN_FILES)) $(RUNS_STAMP) $(PROC) configs/ensemble.yaml $(M)/stages/ensemble.py | $(VENV)/.installed
+	$(PY) -m medalist.stages.ensemble --comp $(COMP) --runs "$(RUNS)" $(if $(filter 1,$(TTA)),--tta)
 
-$(REPORT): $(ENSEMBLE) $(LEADERBOARD) $(CHECKS) $(M)/report.py | $(VENV)/.installed
-	$(PY) -m medalist.report --comp $(COMP) --runs "$(RUNS)"
+$(REPORT): $(ENSEMBLE) $(LEADERBOARD) $(CHECKS) $(M)/stages/report.py | $(VENV)/.installed
+	$(PY) -m medalist.stages.report --comp $(COMP) --runs "$(RUNS)"
 report: $(ENSEMBLE) $(LEADERBOARD) $(CHECKS) | $(VENV)/.installed ## rebuild results/<comp>/report.html (+ report.md)
-	$(PY) -m medalist.report --comp $(COMP) --runs "$(RUNS)"
+	$(PY) -m medalist.stages.report --comp $(COMP) --runs "$(RUNS)"
 
 # ---------------------------------------------------------------- submissions
 submission: ## RUN=<run>: a validated submission/<comp>/<run>.csv from one run's test.csv
 	$(if $(RUN),,$(error submission needs RUN=<run>, e.g. make submission RUN=tfidf))
 	$(MAKE) --no-print-directory submission/$(COMP)/$(RUN).csv
-submission/$(COMP)/%.csv: $(R)/%/metrics.json $(M)/submission.py | $(VENV)/.installed
-	$(PY) -m medalist.submission --comp $(COMP) --run $*
+submission/$(COMP)/%.csv: $(R)/%/metrics.json $(M)/stages/submission.py | $(VENV)/.installed
+	$(PY) -m medalist.stages.submission --comp $(COMP) --run $*
 
 score: ## FILE=sub.csv ANSWERS=answers.csv: score a submission with the competition's metric
 	$(if $(and $(FILE),$(ANSWERS)),,$(error score needs FILE=<submission.csv> ANSWERS=<answers.csv>))
-	$(PY) -m medalist.score --comp $(COMP) --file '$(FILE)' --answers '$(ANSWERS)'
+	$(PY) -m medalist.stages.score --comp $(COMP) --file '$(FILE)' --answers '$(ANSWERS)'
 
 submit: | $(VENV)/.installed ## upload FILE (default: the ensemble's submission) to Kaggle; never automatic
-	$(PY) -m medalist.submit --comp $(COMP) $(if $(FILE),--file '$(FILE)') $(if $(MESSAGE),--message '$(MESSAGE)')
+	$(PY) -m medalist.stages.submit --comp $(COMP) $(if $(FILE),--file '$(FILE)') $(if $(MESSAGE),--message '$(MESSAGE)')
 
 status: | $(VENV)/.installed ## poll Kaggle for the public scores of past submissions into the ledger
-	$(PY) -m medalist.submit --comp $(COMP) --status
+	$(PY) -m medalist.stages.submit --comp $(COMP) --status
 
 # ---------------------------------------------------------------- benchmark
 BENCH_COMP   ?= math-subjects

@@ -22,8 +22,9 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from medalist import config as C
-from medalist.models import FoldData, family_module
+from medalist.core import config as C
+from medalist.models import FoldData
+from medalist.models.registry import family_module
 
 
 def main() -> None:

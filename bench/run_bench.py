@@ -6,7 +6,7 @@ Parts (--parts, default all):
            bench/tfidf_baseline.py (SOURCE.md's figure) and bench/trainer_baseline.py (a plain HF
            Trainer fine-tune of the same backbone and hyperparameters, trained on all of train.csv).
            The runs are make's own targets (the Makefile's `bench` recipe builds them first); the
-           ensembles are medalist.ensemble run in a scratch root beside them, so the committed
+           ensembles are medalist.stages.ensemble run in a scratch root beside them, so the committed
            results/<comp>/ensemble/ is left alone. Everything is cached under results/<comp>/bench/,
            keyed by its inputs: a rerun reuses it.
   speed    A/B, alternating medalist (bench/medalist_steps.py: encoder.fit_fold on steps × batch
@@ -39,11 +39,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from medalist import config as C
-from medalist.competition import load_competition
-from medalist.config import UserError
-from medalist.data import probs_of, read_json, write_json, write_text
-from medalist.metrics import score_labels
+from medalist.core import config as C
+from medalist.core.competition import load_competition
+from medalist.core.config import UserError
+from medalist.core.io import probs_of, read_json, write_json, write_text
+from medalist.core.metrics import score_labels
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
@@ -125,7 +125,7 @@ class Answers:
         return {m: score_labels(m, y, pred) for m in ("micro_f1", "macro_f1")}
 
     def score_submission(self, csv: Path) -> dict[str, float]:
-        from medalist import score
+        from medalist.stages import score
 
         out = score.run(self.comp, csv, self.path)
         return {m: out[m] for m in ("micro_f1", "macro_f1")}
@@ -146,7 +146,7 @@ def run_entry(answers: Answers, d: Path) -> dict:
 
 
 def ensemble_variant(comp, runs: list[str], tta: bool, work: Path) -> Path | None:
-    """medalist.ensemble over `runs` in a scratch root (symlinks to data/ and the runs): its submission."""
+    """medalist.stages.ensemble over `runs` in a scratch root (symlinks to data/ and the runs): its submission."""
     res = C.root() / "results" / comp.name
     files = [res / r / ("tta" if tta else "") / "metrics.json" for r in runs]
     if not all(f.exists() for f in files):
@@ -161,7 +161,7 @@ def ensemble_variant(comp, runs: list[str], tta: bool, work: Path) -> Path | Non
                              *[(scratch / "results" / comp.name / r, res / r) for r in runs]]:
             if not name.is_symlink():
                 name.symlink_to(target.resolve(), target_is_directory=True)
-        cmd = [sys.executable, "-m", "medalist.ensemble", "--comp", comp.name, "--runs", " ".join(runs)]
+        cmd = [sys.executable, "-m", "medalist.stages.ensemble", "--comp", comp.name, "--runs", " ".join(runs)]
         proc = run_child(cmd + (["--tta"] if tta else []), scratch / "ensemble.log",
                          child_env(MEDALIST_ROOT=str(scratch), MEDALIST_CONFIGS=str(C.configs_dir())))
         write_json(scratch / "process.json", proc)

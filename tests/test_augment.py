@@ -12,8 +12,10 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from medalist import augment, generated, textviews
-from medalist.config import Paths
+from medalist.stages import augment
+from medalist.core import generated
+from medalist.text import views as textviews
+from medalist.core.config import Paths
 
 # (text, its protected spans in order) — the cases math-heavy Kaggle text is known for
 HARD = [

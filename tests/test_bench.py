@@ -60,9 +60,9 @@ def test_bench_writes_results_and_report(project, tmp_path):
         "eval_batch_size": 8, "lr": 1e-3, "epochs": 1, "warmup_ratio": 0.1, "fused_adamw": False}))
 
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
-    for cmd in (["medalist.download", "--comp", "math-subjects", "--dir", str(comp_dir)],
-                ["medalist.folds", "--comp", "math-subjects"],
-                ["medalist.train", "--comp", "math-subjects", "--model", "tfidf"]):
+    for cmd in (["medalist.stages.download", "--comp", "math-subjects", "--dir", str(comp_dir)],
+                ["medalist.stages.folds", "--comp", "math-subjects"],
+                ["medalist.stages.train", "--comp", "math-subjects", "--model", "tfidf"]):
         subprocess.run([sys.executable, "-m", *cmd], cwd=project, env=env, check=True, capture_output=True)
 
     spec = importlib.util.spec_from_file_location("run_bench", REPO / "bench" / "run_bench.py")

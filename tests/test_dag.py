@@ -23,7 +23,7 @@ def make(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProc
 
 
 def stages(out: str) -> list[str]:
-    return [line.split("-m medalist.")[1].split()[0] for line in out.splitlines() if "-m medalist." in line]
+    return [line.split("-m medalist.stages.")[1].split()[0] for line in out.splitlines() if "-m medalist.stages." in line]
 
 
 def test_make_all_then_nothing_then_only_what_changed(make_project):

@@ -8,11 +8,15 @@ import pandas as pd
 import pytest
 import yaml
 
-from medalist import ensemble, evaluate, report, submission, tta
-from medalist.competition import load_competition, read_sample, validate_submission
-from medalist.config import Paths
-from medalist.data import prob_columns, read_json, write_csv, write_json
-from medalist.metrics import score
+from medalist.stages import ensemble
+from medalist.stages import evaluate
+from medalist.stages import report
+from medalist.stages import submission
+from medalist.stages import tta
+from medalist.core.competition import load_competition, read_sample, validate_submission
+from medalist.core.config import Paths
+from medalist.core.io import prob_columns, read_json, write_csv, write_json
+from medalist.core.metrics import score
 
 PLANT = "<script>alert('x')</script>"
 
@@ -173,7 +177,7 @@ def _class_of(text: str) -> int:
 @pytest.fixture
 def tiny_run(project):
     """A real 3-fold TF-IDF run on a tiny processed dataset, built by train.run."""
-    from medalist import train as train_stage
+    from medalist.stages import train as train_stage
 
     _competition(project, "tiny", ["Algebra", "Geometry", "Calculus"])
     words = VOCAB

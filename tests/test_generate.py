@@ -19,8 +19,8 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 
-from medalist import generate
-from medalist.config import Paths, UserError
+from medalist.stages import generate
+from medalist.core.config import Paths, UserError
 
 COMP = "tiny"
 LABELS = ["Algebra", "Geometry", "Probability"]

@@ -15,9 +15,10 @@ from pathlib import Path
 import pytest
 from kaggle_server import FakeKaggle
 
-from medalist import download, submit
-from medalist.competition import load_competition
-from medalist.config import UserError
+from medalist.stages import download
+from medalist.stages import submit
+from medalist.core.competition import load_competition
+from medalist.core.config import UserError
 
 REPO = Path(__file__).resolve().parents[1]
 COMP = "kaggle-comp"
@@ -290,6 +291,6 @@ def test_demo_source_calls_write_demo(env, monkeypatch):
         for name, text in FILES.items():
             (out_dir / name).write_text(text)
 
-    monkeypatch.setitem(sys.modules, "medalist.demo", types.SimpleNamespace(write_demo=write_demo))
+    monkeypatch.setitem(sys.modules, "medalist.demos.text", types.SimpleNamespace(write_demo=write_demo))
     raw = download.run(load_competition("demo"))
     assert len(calls) == 1 and (raw / ".complete").exists() and (raw / "test.csv").read_text() == FILES["test.csv"]

@@ -6,14 +6,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from medalist import folds as folds_stage
-from medalist import score as score_stage
-from medalist import train as train_stage
-from medalist.competition import load_competition, make_submission, read_raw, validate_submission
-from medalist.config import Paths, UserError
-from medalist.data import atomic_path, read_processed
-from medalist.demo import write_demo
-from medalist.text import clean, near_duplicate_groups
+from medalist.stages import folds as folds_stage
+from medalist.stages import score as score_stage
+from medalist.stages import train as train_stage
+from medalist.core.competition import load_competition, make_submission, read_raw, validate_submission
+from medalist.core.config import Paths, UserError
+from medalist.core.io import atomic_path, read_processed
+from medalist.demos.text import write_demo
+from medalist.text.clean import clean, near_duplicate_groups
 
 
 @pytest.fixture
@@ -45,7 +45,7 @@ def test_folds_group_duplicates_and_keep_class_balance(demo_raw):
     assert train["id"].str.startswith("train-").all() and train["id"].is_unique
     assert set(train["fold"]) == set(range(comp.folds.n))
     # planted exact + near duplicates (upper-cased, double-spaced copies) never straddle folds
-    from medalist.text import normalise
+    from medalist.text.clean import normalise
 
     per_key = train.groupby(train["text"].map(normalise))["fold"].nunique()
     assert (per_key == 1).all()

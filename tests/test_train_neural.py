@@ -125,7 +125,7 @@ def env_for(root: Path, **extra: str) -> dict[str, str]:
 
 def launch_cmd(model: str, *args: str) -> list[str]:
     return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(REPO / "accelerate_config.yaml"),
-            "-m", "medalist.train", "--comp", "tiny", "--model", model, *args]
+            "-m", "medalist.stages.train", "--comp", "tiny", "--model", model, *args]
 
 
 def launch(root: Path, model: str, *args: str) -> subprocess.CompletedProcess:
@@ -150,7 +150,7 @@ def scalar_tags(log_dir: Path) -> set[str]:
 def pretrained_fingerprint(path: Path) -> str:
     from transformers import AutoModelForSequenceClassification
 
-    from medalist.models.encoder import backbone_fingerprint
+    from medalist.models.families.hf_text import backbone_fingerprint
 
     return backbone_fingerprint(AutoModelForSequenceClassification.from_pretrained(path, num_labels=len(LABELS)))
 
@@ -201,7 +201,7 @@ def test_encoder_trains_every_fold_under_accelerate_launch(encoder_run, tiny_mod
 def test_each_fold_starts_from_the_pretrained_weights(encoder_run, tiny_models):
     from transformers import AutoModelForSequenceClassification
 
-    from medalist.models.encoder import backbone_fingerprint
+    from medalist.models.families.hf_text import backbone_fingerprint
 
     root, _ = encoder_run
     run_dir = root / "results" / "tiny" / "tinybert"
@@ -213,7 +213,7 @@ def test_each_fold_starts_from_the_pretrained_weights(encoder_run, tiny_models):
 
 
 def test_load_predictor_reproduces_fold_probabilities(encoder_run):
-    from medalist.models import load_run_predictor
+    from medalist.models.registry import load_run_predictor
 
     root, _ = encoder_run
     run_dir = root / "results" / "tiny" / "tinybert"
@@ -226,7 +226,7 @@ def test_load_predictor_reproduces_fold_probabilities(encoder_run):
 
 
 def test_predict_writes_averaged_test_probabilities_and_a_valid_submission(encoder_run, monkeypatch):
-    from medalist import predict
+    from medalist.stages import predict
 
     root, _ = encoder_run
     monkeypatch.setenv("MEDALIST_ROOT", str(root))
@@ -258,7 +258,7 @@ def test_predict_writes_averaged_test_probabilities_and_a_valid_submission(encod
 def test_decoder_lora_trains_only_the_adapter_and_the_head(tiny_models, tmp_path):
     from safetensors.torch import load_file
 
-    from medalist.models import load_run_predictor
+    from medalist.models.registry import load_run_predictor
 
     root = make_root(tmp_path, tiny_models)
     proc = launch(root, "tinyqwen")
@@ -303,7 +303,7 @@ def test_killed_fold_resumes_to_the_uninterrupted_predictions(tiny_models, tmp_p
     finally:
         proc.wait()
     assert not (fold_dir / "done.json").exists(), "the run finished before it could be killed"
-    from medalist import config as C
+    from medalist.core import config as C
     from medalist.models import encoder
 
     # `make predict CKPT=…/ckpt/epoch1` works on the half-trained fold too
@@ -328,7 +328,7 @@ def test_killed_fold_resumes_to_the_uninterrupted_predictions(tiny_models, tmp_p
 
 
 def test_injected_oom_halves_the_batch_once_and_keeps_the_step_count(tiny_models, tmp_path, monkeypatch, capsys):
-    from medalist import config as C
+    from medalist.core import config as C
     from medalist.models import FoldData, encoder
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -362,7 +362,7 @@ def _small_fold(n: int = 48):
 
 
 def test_best_epoch_and_early_stopping_are_marked_optimistic(tiny_models, tmp_path, monkeypatch):
-    from medalist import config as C
+    from medalist.core import config as C
     from medalist.models import encoder
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from medalist.data import write_csv
+from medalist.core.io import write_csv
 
 N_TRAIN, N_TEST, SEED = 1500, 500, 20261124
 # class index → share of rows: imbalanced like the real competition

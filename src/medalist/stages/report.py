@@ -6,7 +6,7 @@ Reads   results/<comp>/checks.md + images/<comp>/checks_*.png (if present), each
 Writes  results/<comp>/report.html (images inlined as base64, inline CSS, no script, nothing loaded
         from outside; every text from the data HTML-escaped), results/<comp>/report.md, and
         images/<comp>/confusion_ensemble.png when the ensemble has none yet
-Run     python -m medalist.report --comp demo --runs "tfidf minilm"
+Run     python -m medalist.stages.report --comp demo --runs "tfidf minilm"
 """
 from __future__ import annotations
 
@@ -19,11 +19,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from medalist import config as C
-from medalist.competition import load_competition
-from medalist.config import Paths, UserError, stage_parser
-from medalist.data import probs_of, read_json, read_processed, read_run, write_text
-from medalist.metrics import higher_is_better
+from medalist.core import config as C
+from medalist.core.competition import load_competition
+from medalist.core.config import Paths, UserError, stage_parser
+from medalist.core.io import probs_of, read_json, read_processed, read_run, write_text
+from medalist.core.metrics import higher_is_better
 
 MISTAKES_PER_CLASS = 3
 TEXT_CHARS = 300
@@ -194,7 +194,7 @@ def _confusion(page: Page, paths: Paths, name: str, proba: np.ndarray, y, labels
     png = paths.images / f"confusion_{name}.png"
     source = (paths.results / "ensemble" if name == "ensemble" else paths.run(name)) / "oof.csv"
     if not png.exists() or png.stat().st_mtime < source.stat().st_mtime:
-        from medalist.plots import plot_confusion
+        from medalist.core.plots import plot_confusion
 
         plot_confusion(y, proba.argmax(axis=1), labels, name, png)
     page.image(png, f"confusion matrix {name}")
@@ -255,7 +255,7 @@ def run(comp_name: str, runs: list[str]) -> Path:
 
 @C.cli
 def main(argv: list[str] | None = None) -> None:
-    ap = stage_parser("medalist.report", __doc__)
+    ap = stage_parser("medalist.stages.report", __doc__)
     ap.add_argument("--runs", required=True, help='space-separated run names, e.g. "tfidf minilm"')
     a = ap.parse_args(argv)
     run(a.comp, a.runs.split())

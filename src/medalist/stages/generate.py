@@ -7,7 +7,7 @@ Reads:  data/processed/<comp>/train.csv, test.csv; configs/generate.yaml;
         env OPENAI_BASE_URL (default http://localhost:8000/v1), OPENAI_API_KEY (default EMPTY)
 Writes: data/generated/<comp>/llm_cache.jsonl (every request and answer, appended as they come),
         data/generated/<comp>/llm.csv, generate_stats.json, then rebuilds generated_train.csv
-Run:    make generate COMP=demo   (= python -m medalist.generate --comp demo)
+Run:    make generate COMP=demo   (= python -m medalist.stages.generate --comp demo)
 
 Leakage rules (DESIGN.md 3 and 5): a prompt's few-shot examples are training rows of ONE fold f
 (rows with fold != f, never test rows), so its answers may train in every fold but f. A row
@@ -32,11 +32,11 @@ import openai
 import pandas as pd
 from tqdm import tqdm
 
-from medalist import config as C
-from medalist import generated
-from medalist.competition import Competition, load_competition
-from medalist.config import Paths, UserError, stage_parser
-from medalist.data import read_processed, write_csv, write_json
+from medalist.core import config as C
+from medalist.core import generated
+from medalist.core.competition import Competition, load_competition
+from medalist.core.config import Paths, UserError, stage_parser
+from medalist.core.io import read_processed, write_csv, write_json
 
 DEFAULT_BASE_URL = "http://localhost:8000/v1"
 
@@ -372,7 +372,7 @@ def run(comp_name: str) -> Path:
 
 @C.cli
 def main(argv: list[str] | None = None) -> None:
-    ap = stage_parser("medalist.generate", __doc__)
+    ap = stage_parser("medalist.stages.generate", __doc__)
     args = ap.parse_args(argv)
     run(args.comp)
 

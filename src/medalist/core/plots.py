@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medalist.data import atomic_path
+from medalist.core.io import atomic_path
 
 
 def pyplot():

@@ -16,8 +16,9 @@ import joblib
 import numpy as np
 from sklearn.linear_model import LogisticRegression
 
-from medalist.data import atomic_path
-from medalist.models import FoldData, FoldResult, resolve_backbone
+from medalist.core.io import atomic_path
+from medalist.models import FoldData, FoldResult
+from medalist.models.backbones import resolve as resolve_backbone
 
 LAUNCH = "inprocess"
 

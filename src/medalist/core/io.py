@@ -15,7 +15,7 @@ from typing import Iterator
 import numpy as np
 import pandas as pd
 
-from medalist.config import UserError
+from medalist.core.config import UserError
 
 
 @contextlib.contextmanager
@@ -125,3 +125,23 @@ def read_run(run_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     oof = pd.read_csv(run_dir / "oof.csv", dtype={"id": str})
     test = pd.read_csv(run_dir / "test.csv", dtype={"id": str})
     return oof, test, read_json(run_dir / "metrics.json")
+
+
+def proba_frame(ids, proba: np.ndarray, fold: int | np.ndarray | None = None) -> pd.DataFrame:
+    """The contract frame of predictions: id[, fold], p_0…p_{K-1}."""
+    proba = np.asarray(proba, dtype=np.float64)
+    df = pd.DataFrame(proba, columns=prob_columns(proba.shape[1]))
+    if fold is not None:
+        df.insert(0, "fold", fold)
+    df.insert(0, "id", pd.Series(ids, dtype=str).to_numpy())
+    return df
+
+
+def align(df: pd.DataFrame, ids) -> np.ndarray:
+    """The p_* block of a prediction frame, rows in the order of `ids` (every id must be there)."""
+    indexed = df.assign(id=df["id"].astype(str)).set_index("id")
+    ids = pd.Series(ids, dtype=str)
+    missing = ~ids.isin(indexed.index)
+    if missing.any():
+        raise UserError(f"predictions lack id '{ids[missing].iloc[0]}'")
+    return probs_of(indexed.loc[ids.to_numpy()].reset_index())

@@ -3,7 +3,7 @@ as math-subjects' test_labels.csv) with the competition's metric, plus macro-F1 
 
 Reads   FILE (shaped like sample_submission.csv), ANSWERS (id + the label column, as indices or names)
 Writes  nothing; prints the scores
-Run     python -m medalist.score --comp math-subjects --file submission/math-subjects/submission.csv \
+Run     python -m medalist.stages.score --comp math-subjects --file submission/math-subjects/submission.csv \
             --answers ../shared/competitions/math-subjects/test_labels.csv
 """
 from __future__ import annotations
@@ -12,11 +12,11 @@ from pathlib import Path
 
 import numpy as np
 
-from medalist import config as C
-from medalist.competition import Competition, load_competition
-from medalist.config import UserError, stage_parser
-from medalist.data import read_csv
-from medalist.metrics import score, score_labels
+from medalist.core import config as C
+from medalist.core.competition import Competition, load_competition
+from medalist.core.config import UserError, stage_parser
+from medalist.core.io import read_csv
+from medalist.core.metrics import score, score_labels
 
 
 def _as_index(comp: Competition, values, what: str) -> np.ndarray:
@@ -62,7 +62,7 @@ def run(comp: Competition, file: Path, answers: Path) -> dict[str, float]:
 
 @C.cli
 def main(argv: list[str] | None = None) -> None:
-    ap = stage_parser("medalist.score", __doc__)
+    ap = stage_parser("medalist.stages.score", __doc__)
     ap.add_argument("--file", required=True, type=Path)
     ap.add_argument("--answers", required=True, type=Path)
     a = ap.parse_args(argv)

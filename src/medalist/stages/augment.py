@@ -4,7 +4,7 @@ Reads:  data/processed/<comp>/train.csv, test.csv; configs/augment.yaml;
         configs/competitions/<comp>.yaml (folds.n)
 Writes: data/generated/<comp>/aug.csv (id, text, label, source, parent_id, folds),
         data/generated/<comp>/augment_stats.json, then rebuilds generated_train.csv
-Run:    make augment COMP=demo   (= python -m medalist.augment --comp demo)
+Run:    make augment COMP=demo   (= python -m medalist.stages.augment --comp demo)
 
 A child keeps its parent's label and trains in every fold but its parent's: its parent is
 validated there. Children equal (after normalisation) to a train or test row, their parent or
@@ -20,11 +20,12 @@ from typing import Literal
 import pandas as pd
 from tqdm import tqdm
 
-from medalist import config as C
-from medalist import generated, textviews
-from medalist.competition import load_competition
-from medalist.config import Paths, UserError, stage_parser
-from medalist.data import read_processed, write_csv, write_json
+from medalist.core import config as C
+from medalist.core import generated
+from medalist.text import views as textviews
+from medalist.core.competition import load_competition
+from medalist.core.config import Paths, UserError, stage_parser
+from medalist.core.io import read_processed, write_csv, write_json
 
 StepName = Literal["swap", "delete", "crop", "spelling", "keyboard", "synonym", "contextual"]
 
@@ -160,7 +161,7 @@ def run(comp_name: str) -> Path:
 
 @C.cli
 def main(argv: list[str] | None = None) -> None:
-    ap = stage_parser("medalist.augment", __doc__)
+    ap = stage_parser("medalist.stages.augment", __doc__)
     args = ap.parse_args(argv)
     run(args.comp)
 

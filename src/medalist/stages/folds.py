@@ -3,7 +3,7 @@
 Reads   data/raw/<comp>/ (train, test, sample submission as the competition config names them)
 Writes  data/processed/<comp>/test.csv (id, text), then train.csv (id, text, label, fold) — the
         Make target, written last
-Run     python -m medalist.folds --comp demo
+Run     python -m medalist.stages.folds --comp demo
 
 Cleaning the competition config turns on (byte-string literals decoded, HTML stripped, URLs and
 emails replaced by markers) happens here, once, for every model. Folds are stratified by label
@@ -16,11 +16,11 @@ from pathlib import Path
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold
 
-from medalist import config as C
-from medalist.competition import Competition, load_competition, read_raw
-from medalist.config import Paths, UserError, stage_parser
-from medalist.data import write_csv
-from medalist.text import clean, near_duplicate_groups
+from medalist.core import config as C
+from medalist.core.competition import Competition, load_competition, read_raw
+from medalist.core.config import Paths, UserError, stage_parser
+from medalist.core.io import write_csv
+from medalist.text.clean import clean, near_duplicate_groups
 
 
 def assign_folds(texts: list[str], labels: np.ndarray, n_folds: int, seed: int, threshold: float) -> np.ndarray:
@@ -56,7 +56,7 @@ def run(comp: Competition) -> Path:
 
 @C.cli
 def main(argv: list[str] | None = None) -> None:
-    ap = stage_parser("medalist.folds", __doc__)
+    ap = stage_parser("medalist.stages.folds", __doc__)
     a = ap.parse_args(argv)
     run(load_competition(a.comp))
 

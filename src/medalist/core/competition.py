@@ -6,16 +6,16 @@ Config: configs/competitions/<comp>.yaml (see configs/competitions/demo.yaml for
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Literal
 
 import numpy as np
 import pandas as pd
 
-from medalist import config as C
-from medalist.config import UserError
-from medalist.data import read_csv
-from medalist.metrics import METRICS
+from medalist.core import config as C
+from medalist.core.config import UserError
+from medalist.core.io import read_csv
+from medalist.core.metrics import METRICS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,6 +50,34 @@ class Folds:
 
 
 @dataclasses.dataclass(frozen=True)
+class TextInput:
+    columns: tuple[str, ...]  # raw columns joined with a newline, in this order, into `text`
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageInput:
+    column: str  # each row's image: a file name or a path relative to the folder below
+    train_dir: str = ""  # folder under data/raw/<comp>/ holding train.csv's images ("" = the top)
+    test_dir: str = ""  # the same for test.csv's images
+    extension: str = ""  # appended to every value when the column holds bare ids, e.g. ".jpg"
+
+
+@dataclasses.dataclass(frozen=True)
+class Inputs:
+    """What a row shows a model, by kind; each kind becomes one column of the processed tables.
+
+    A new kind (audio, tabular …) is one more optional field here and one more column there.
+    """
+
+    text: TextInput | None = None
+    image: ImageInput | None = None
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(self) if getattr(self, f.name) is not None)
+
+
+@dataclasses.dataclass(frozen=True)
 class Competition:
     name: str
     labels: tuple[str, ...]
@@ -58,7 +86,7 @@ class Competition:
     files: Files = Files()
     id_column: str = "id"
     train_has_id: bool = True  # kasut's train.csv has no id column: ids become train-<row>
-    text_columns: tuple[str, ...] = ("text",)
+    inputs: Inputs = Inputs(text=TextInput(columns=("text",)))
     label_column: str = "label"
     label_encoding: Literal["index", "name"] = "index"  # how train.csv writes the label
     metric: Literal["micro_f1", "macro_f1", "accuracy", "log_loss"] = "micro_f1"
@@ -73,8 +101,10 @@ class Competition:
             raise UserError(f"{where}: needs at least two labels")
         if len(set(self.labels)) != len(self.labels):
             raise UserError(f"{where}: labels repeat")
-        if not self.text_columns:
-            raise UserError(f"{where}: text_columns is empty")
+        if not self.inputs.kinds:
+            raise UserError(f"{where}: inputs declares no input (text: {{columns: […]}} and/or image: {{column: …}})")
+        if self.inputs.text is not None and not self.inputs.text.columns:
+            raise UserError(f"{where}: inputs.text.columns is empty")
         assert self.metric in METRICS
 
     @property
@@ -115,6 +145,27 @@ def _join_text(df: pd.DataFrame, cols) -> pd.Series:
     return text
 
 
+def _image_paths(df: pd.DataFrame, image: ImageInput, folder: str, raw_dir: Path, what: str) -> np.ndarray:
+    """Each row's image file as a path relative to `raw_dir`; every file must be there."""
+    values = df[image.column]
+    if values.isna().any():
+        row = int(np.flatnonzero(values.isna().to_numpy())[0])
+        raise UserError(f"{what}: empty image name in column '{image.column}' at row {row + 2}")
+    rel = [PurePosixPath(folder) / (str(v).strip() + image.extension) for v in values]
+    outside = [i for i, r in enumerate(rel) if r.is_absolute() or ".." in r.parts]
+    if outside:
+        i = outside[0]
+        raise UserError(f"{what}: image '{rel[i]}' at row {i + 2} is not inside {raw_dir}; "
+                        f"give paths relative to inputs.image's folder")
+    missing = [i for i, r in enumerate(rel) if not (raw_dir / r).is_file()]
+    if missing:
+        i = missing[0]
+        raise UserError(f"{what}: {len(missing)} of {len(rel)} images not found, e.g. {raw_dir / rel[i]} "
+                        f"(row {i + 2}); check inputs.image (column '{image.column}', folder '{folder}', "
+                        f"extension '{image.extension}')")
+    return np.array([r.as_posix() for r in rel], dtype=object)
+
+
 def _check_unique_ids(ids: pd.Series, what: str) -> None:
     dup = ids[ids.duplicated()]
     if len(dup):
@@ -122,7 +173,8 @@ def _check_unique_ids(ids: pd.Series, what: str) -> None:
 
 
 def read_raw(comp: Competition, raw_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """Raw Kaggle files → train (id, text, label:int), test (id, text), sample submission.
+    """Raw Kaggle files → train (id, [text], [image], label:int), test (id, [text], [image]), sample
+    submission. `text` joins the declared text columns; `image` is each row's file relative to raw_dir.
 
     Every inconsistency a user's data can have ends in one UserError naming it.
     """
@@ -134,8 +186,10 @@ def read_raw(comp: Competition, raw_dir: Path) -> tuple[pd.DataFrame, pd.DataFra
         if len(df) == 0:
             raise UserError(f"{what}: has a header but no rows")
 
-    _require_columns(train, list(comp.text_columns) + [comp.label_column], f.train)
-    _require_columns(test, [comp.id_column, *comp.text_columns], f.test)
+    inp = comp.inputs
+    declared = [*(inp.text.columns if inp.text else ()), *([inp.image.column] if inp.image else [])]
+    _require_columns(train, [*declared, comp.label_column], f.train)
+    _require_columns(test, [comp.id_column, *declared], f.test)
     if comp.train_has_id:
         _require_columns(train, [comp.id_column], f.train)
         train_ids = train[comp.id_column].astype(str)
@@ -162,8 +216,15 @@ def read_raw(comp: Competition, raw_dir: Path) -> tuple[pd.DataFrame, pd.DataFra
         )
     labels = raw_labels.astype(str).str.strip().map(allowed).astype(int)
 
-    out_train = pd.DataFrame({"id": train_ids.to_numpy(), "text": _join_text(train, comp.text_columns).to_numpy(), "label": labels.to_numpy()})
-    out_test = pd.DataFrame({"id": test_ids.to_numpy(), "text": _join_text(test, comp.text_columns).to_numpy()})
+    out_train = pd.DataFrame({"id": train_ids.to_numpy()})
+    out_test = pd.DataFrame({"id": test_ids.to_numpy()})
+    if inp.text is not None:
+        out_train["text"] = _join_text(train, inp.text.columns).to_numpy()
+        out_test["text"] = _join_text(test, inp.text.columns).to_numpy()
+    if inp.image is not None:
+        out_train["image"] = _image_paths(train, inp.image, inp.image.train_dir, raw_dir, f.train)
+        out_test["image"] = _image_paths(test, inp.image, inp.image.test_dir, raw_dir, f.test)
+    out_train["label"] = labels.to_numpy()
 
     s = comp.submission
     _require_columns(sample, [s.id_column], f.sample_submission)
@@ -258,7 +319,7 @@ def read_sample(comp: Competition, raw_dir: Path) -> pd.DataFrame:
 def write_submission(comp: Competition, raw_dir: Path, ids, proba: np.ndarray, out: Path,
                      run: str, cv: float | None) -> Path:
     """Validate, then write `out` and its sidecar `<out>.json` {run, cv, metric} (read by submit)."""
-    from medalist.data import write_csv, write_json
+    from medalist.core.io import write_csv, write_json
 
     sample = read_sample(comp, raw_dir)
     sub = make_submission(comp, sample, ids, proba)

@@ -1,7 +1,7 @@
 """Fine-tuned transformers, one fresh model per fold: `encoder` (a BERT-like backbone, every weight
 trained) and `decoder_lora` (a decoder LLM with a LoRA adapter and a classification head).
 
-Runs under `accelerate launch --config_file accelerate_config.yaml -m medalist.train …` as one CPU
+Runs under `accelerate launch --config_file accelerate_config.yaml -m medalist.stages.train …` as one CPU
 process, one GPU or several (configs/accelerate/); bf16 switches itself on where CUDA supports it.
 Batches are length-grouped and padded per batch; the order of every epoch is a pure function of
 (seed, epoch), so a fold killed mid-way resumes from its last epoch checkpoint and ends with the
@@ -28,10 +28,10 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from medalist import config as C
-from medalist.config import UserError
-from medalist.data import atomic_path, read_json, write_json
-from medalist.metrics import better, score
+from medalist.core import config as C
+from medalist.core.config import UserError
+from medalist.core.io import atomic_path, read_json, write_json
+from medalist.core.metrics import better, score
 from medalist.models import FoldData, FoldResult
 
 LAUNCH = "accelerate"

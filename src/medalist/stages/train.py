@@ -5,8 +5,8 @@ Reads   configs/models/<model>.yaml, data/processed/<comp>/train.csv + test.csv,
 Writes  results/<comp>/<run>/ — config.yaml, fold<k>/ (weights + val.csv, test.csv, done.json),
         and, once every fold is done, oof.csv, test.csv, metrics.json (metrics.json last: it is
         the Make target). <run> = <model> or <model>+gen.
-Run     python -m medalist.train --comp demo --model tfidf
-        accelerate launch --config_file accelerate_config.yaml -m medalist.train … (neural models)
+Run     python -m medalist.stages.train --comp demo --model tfidf
+        accelerate launch --config_file accelerate_config.yaml -m medalist.stages.train … (neural models)
 
 A killed run restarts at the first unfinished fold; a fold whose done.json carries another
 config hash is retrained. A --folds subset trains and scores those folds only and leaves the
@@ -22,12 +22,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from medalist import config as C
-from medalist.competition import load_competition
-from medalist.config import Paths, UserError, stage_parser
-from medalist.data import prob_columns, read_json, read_processed, write_csv, write_json, write_text
-from medalist.metrics import score
-from medalist.models import FoldData, load_model_config
+from medalist.core import config as C
+from medalist.core.competition import load_competition
+from medalist.core.config import Paths, UserError, stage_parser
+from medalist.core.io import prob_columns, read_json, read_processed, write_csv, write_json, write_text
+from medalist.core.metrics import score
+from medalist.models import FoldData
+from medalist.models.registry import load_model_config
 
 
 def run_name(model: str, use_gen: bool) -> str:
@@ -190,7 +191,7 @@ def parse_folds(s: str | None) -> list[int] | None:
 
 @C.cli
 def main(argv: list[str] | None = None) -> None:
-    ap = stage_parser("medalist.train", __doc__)
+    ap = stage_parser("medalist.stages.train", __doc__)
     ap.add_argument("--model", required=True)
     ap.add_argument("--use-gen", action="store_true")
     ap.add_argument("--folds", default=None, help="comma-separated subset, e.g. 0,1")

@@ -2,17 +2,17 @@
 
 Reads   results/<comp>/<run>/test.csv + metrics.json, data/raw/<comp>/sample_submission.csv
 Writes  submission/<comp>/<run>.csv (or --out) and a sidecar .json {"run", "cv", "metric"}
-Run     python -m medalist.submission --comp demo --run tfidf [--out submission/demo/submission.csv]
+Run     python -m medalist.stages.submission --comp demo --run tfidf [--out submission/demo/submission.csv]
         (`make all` uses --out submission/<comp>/submission.csv until there is an ensemble)
 """
 from __future__ import annotations
 
 from pathlib import Path
 
-from medalist import config as C
-from medalist.competition import load_competition, write_submission
-from medalist.config import Paths, stage_parser
-from medalist.data import probs_of, read_run
+from medalist.core import config as C
+from medalist.core.competition import load_competition, write_submission
+from medalist.core.config import Paths, stage_parser
+from medalist.core.io import probs_of, read_run
 
 
 def run(comp_name: str, run: str, out: Path | None = None) -> Path:
@@ -27,7 +27,7 @@ def run(comp_name: str, run: str, out: Path | None = None) -> Path:
 
 @C.cli
 def main(argv: list[str] | None = None) -> None:
-    ap = stage_parser("medalist.submission", __doc__)
+    ap = stage_parser("medalist.stages.submission", __doc__)
     ap.add_argument("--run", required=True)
     ap.add_argument("--out", default=None, help="default: submission/<comp>/<run>.csv")
     a = ap.parse_args(argv)

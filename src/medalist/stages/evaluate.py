@@ -3,7 +3,7 @@
 Reads   results/<comp>/<run>/oof.csv + metrics.json for each run, data/processed/<comp>/train.csv
 Writes  images/<comp>/confusion_<run>.png (counts | row-normalised), results/<comp>/leaderboard.md
         (runs ranked by OOF score with fold spread, time, memory, speed; per-class P/R/F1)
-Run     python -m medalist.evaluate --comp demo --runs "tfidf minilm"   (scripts/evaluate_models.sh)
+Run     python -m medalist.stages.evaluate --comp demo --runs "tfidf minilm"   (scripts/evaluate_models.sh)
 """
 from __future__ import annotations
 
@@ -11,12 +11,12 @@ from pathlib import Path
 
 from sklearn.metrics import precision_recall_fscore_support
 
-from medalist import config as C
-from medalist.competition import load_competition
-from medalist.config import Paths, UserError, stage_parser
-from medalist.data import probs_of, read_processed, read_run, write_text
-from medalist.plots import plot_confusion
-from medalist.metrics import higher_is_better
+from medalist.core import config as C
+from medalist.core.competition import load_competition
+from medalist.core.config import Paths, UserError, stage_parser
+from medalist.core.io import probs_of, read_processed, read_run, write_text
+from medalist.core.plots import plot_confusion
+from medalist.core.metrics import higher_is_better
 
 
 def per_class_table(y_true, y_pred, labels: list[str]) -> str:
@@ -74,7 +74,7 @@ def run(comp_name: str, runs: list[str]) -> Path:
 
 @C.cli
 def main(argv: list[str] | None = None) -> None:
-    ap = stage_parser("medalist.evaluate", __doc__)
+    ap = stage_parser("medalist.stages.evaluate", __doc__)
     ap.add_argument("--runs", required=True, help='space-separated run names, e.g. "tfidf minilm"')
     a = ap.parse_args(argv)
     run(a.comp, a.runs.split())

@@ -13,9 +13,9 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from medalist.config import Paths
-from medalist.data import write_csv
-from medalist.text import normalise, shingles
+from medalist.core.config import Paths
+from medalist.core.io import write_csv
+from medalist.text.clean import normalise, shingles
 
 COLUMNS = ["id", "text", "label", "source", "parent_id", "folds"]
 PARTS = ("aug.csv", "llm.csv")

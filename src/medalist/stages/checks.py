@@ -2,7 +2,7 @@
 
 Reads   data/raw/<comp>/, configs/competitions/<comp>.yaml (check_models: tokenizers to measure)
 Writes  images/<comp>/checks_classes.png, checks_lengths.png, then results/<comp>/checks.md
-Run     python -m medalist.checks --comp demo
+Run     python -m medalist.stages.checks --comp demo
 
 Row counts; empty texts; duplicates within train and between train and test (exact and after
 normalisation) with conflicting labels; class distribution; share of rows with HTML, LaTeX,
@@ -18,12 +18,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from medalist import config as C
-from medalist.competition import Competition, load_competition, read_raw
-from medalist.config import Paths, UserError, stage_parser
-from medalist.data import write_text
-from medalist.plots import pyplot, save_figure
-from medalist.text import RE_BYTES, RE_CODE, RE_EMAIL, RE_HTML, RE_LATEX, RE_URL, looks_english, normalise
+from medalist.core import config as C
+from medalist.core.competition import Competition, load_competition, read_raw
+from medalist.core.config import Paths, UserError, stage_parser
+from medalist.core.io import write_text
+from medalist.core.plots import pyplot, save_figure
+from medalist.text.clean import RE_BYTES, RE_CODE, RE_EMAIL, RE_HTML, RE_LATEX, RE_URL, looks_english, normalise
 
 DETECTORS = {
     "HTML": lambda t: bool(RE_HTML.search(t)),
@@ -63,7 +63,8 @@ def duplicates(train: pd.DataFrame, test: pd.DataFrame) -> dict:
 
 def token_lengths(comp: Competition, texts: list[str]) -> tuple[dict[str, np.ndarray], list[str], dict[str, int]]:
     """Token counts per configured model whose tokenizer loads from local files."""
-    from medalist.models import load_model_config, load_tokenizer_offline
+    from medalist.models.backbones import load_tokenizer_offline
+    from medalist.models.registry import load_model_config
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     out, notes, max_lens = {}, [], {}
@@ -186,7 +187,7 @@ def run(comp: Competition) -> Path:
 
 @C.cli
 def main(argv: list[str] | None = None) -> None:
-    ap = stage_parser("medalist.checks", __doc__)
+    ap = stage_parser("medalist.stages.checks", __doc__)
     a = ap.parse_args(argv)
     run(load_competition(a.comp))
 

@@ -6,7 +6,7 @@ Reads:  configs/competitions/<comp>.yaml; a local folder (--dir) or zip (--zip),
 Writes: data/raw/<comp>/ with `.complete` written last. Everything lands in a temp folder beside
         it first and is renamed into place, so a killed download leaves no `.complete`; a rerun
         once `.complete` exists does nothing.
-Run:    python -m medalist.download --comp NAME [--dir PATH | --zip PATH.zip]   (make download)
+Run:    python -m medalist.stages.download --comp NAME [--dir PATH | --zip PATH.zip]   (make download)
 """
 from __future__ import annotations
 
@@ -22,10 +22,10 @@ from pathlib import Path
 from kagglesdk.competitions.types.competition_api_service import ApiDownloadDataFilesRequest
 from tqdm import tqdm
 
-from medalist import config as C
-from medalist.competition import Competition, load_competition
-from medalist.config import Paths, UserError, cli, stage_parser
-from medalist.kaggle_client import Api
+from medalist.core import config as C
+from medalist.core.competition import Competition, load_competition
+from medalist.core.config import Paths, UserError, cli, stage_parser
+from medalist.clients.kaggle import Api
 
 STAMP = ".complete"
 
@@ -59,7 +59,7 @@ def run(comp: Competition, comp_dir: Path | None = None, comp_zip: Path | None =
             origin = str(comp_zip)
             _unzip(Path(comp_zip), files)
         elif comp.source == "demo":
-            from medalist.demo import write_demo  # only the demo needs its generator
+            from medalist.demos.text import write_demo  # only the demo needs its generator
 
             origin = "demo"
             files.mkdir()
@@ -132,7 +132,7 @@ def _download_kaggle(comp: Competition, archive: Path, backoff_base: float) -> N
 
 @cli
 def main(argv: list[str] | None = None) -> None:
-    p = stage_parser("medalist.download", __doc__)
+    p = stage_parser("medalist.stages.download", __doc__)
     p.add_argument("--dir", default="", help="copy the competition files from this folder")
     p.add_argument("--zip", default="", help="unzip the competition files from this zip")
     args = p.parse_args(argv)

@@ -3,7 +3,7 @@
 Reads   results/<comp>/<run>/ (config.yaml, oof.csv, test.csv, fold<k>/ weights),
         data/processed/<comp>/train.csv + test.csv, configs/ensemble.yaml (`tta:` section)
 Writes  results/<comp>/<run>/tta/ — oof.csv, test.csv, metrics.json (last: the Make target)
-Run     python -m medalist.tta --comp demo --run tfidf
+Run     python -m medalist.stages.tta --comp demo --run tfidf
 
 Views per text: the original; for models with a max length, head-only and tail-only
 truncation and a sliding-window mean of texts longer than it (counted with the run's tokenizer,
@@ -23,12 +23,12 @@ from typing import Any, Callable, Literal
 import numpy as np
 import pandas as pd
 
-from medalist import config as C
-from medalist import textviews  # TTA reuses augment's text views (DESIGN.md's one exception)
-from medalist.competition import load_competition
-from medalist.config import Paths, UserError, stage_parser
-from medalist.data import prob_columns, probs_of, read_processed, read_run, write_csv, write_json
-from medalist.metrics import better, score
+from medalist.core import config as C
+from medalist.text import views as textviews  # TTA reuses augment's text views (DESIGN.md's one exception)
+from medalist.core.competition import load_competition
+from medalist.core.config import Paths, UserError, stage_parser
+from medalist.core.io import prob_columns, probs_of, read_processed, read_run, write_csv, write_json
+from medalist.core.metrics import better, score
 
 View = Literal["head", "tail", "window", "nlpaug"]
 
@@ -63,7 +63,7 @@ class TTAConfig:
 @dataclasses.dataclass(frozen=True)
 class _File:
     tta: TTAConfig = TTAConfig()
-    ensemble: dict[str, Any] = dataclasses.field(default_factory=dict)  # checked by medalist.ensemble
+    ensemble: dict[str, Any] = dataclasses.field(default_factory=dict)  # checked by medalist.stages.ensemble
 
 
 def load_config() -> TTAConfig:
@@ -144,7 +144,7 @@ def _token_spans(run_dir: Path, model: dict) -> tuple[Callable[[str], list[tuple
 
 def _load_tokenizer(run_dir: Path, model: dict):
     """The family's own tokenizer loader (fold0's saved tokenizer, else the backbone), or None."""
-    from medalist.models import family_module
+    from medalist.models.registry import family_module
 
     mod = family_module(model["family"])
     if not hasattr(mod, "load_tokenizer"):
@@ -225,7 +225,7 @@ def predict_views(predict, views: _Views, plain: np.ndarray, names: list[str]) -
 
 
 def run(comp_name: str, run: str) -> Path:
-    from medalist.models import load_run_predictor
+    from medalist.models.registry import load_run_predictor
 
     comp = load_competition(comp_name)
     paths = Paths(comp.name)
@@ -316,7 +316,7 @@ def run(comp_name: str, run: str) -> Path:
 
 @C.cli
 def main(argv: list[str] | None = None) -> None:
-    ap = stage_parser("medalist.tta", __doc__)
+    ap = stage_parser("medalist.stages.tta", __doc__)
     ap.add_argument("--run", required=True)
     a = ap.parse_args(argv)
     run(a.comp, a.run)

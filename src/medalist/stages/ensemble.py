@@ -5,7 +5,7 @@ Reads   results/<comp>/<run>/oof.csv + test.csv of exactly the runs named (their
         data/raw/<comp>/sample_submission.csv, configs/ensemble.yaml (`ensemble:` section)
 Writes  results/<comp>/ensemble/ — weights.json, oof.csv, test.csv, metrics.json (last: the
         Make target); submission/<comp>/submission.csv (validated) + submission.json
-Run     python -m medalist.ensemble --comp demo --runs "tfidf minilm" [--tta]
+Run     python -m medalist.stages.ensemble --comp demo --runs "tfidf minilm" [--tta]
 
 Candidate methods: mean of probabilities, mean of ranks, Caruana greedy selection with
 replacement, log-loss-optimal weights (scipy, on the simplex), stacking (level-2 logistic
@@ -28,11 +28,11 @@ import pandas as pd
 from scipy.optimize import minimize, minimize_scalar
 from scipy.stats import rankdata
 
-from medalist import config as C
-from medalist.competition import load_competition, write_submission
-from medalist.config import Paths, UserError, stage_parser
-from medalist.data import prob_columns, probs_of, read_processed, read_run, write_csv, write_json
-from medalist.metrics import better, score
+from medalist.core import config as C
+from medalist.core.competition import load_competition, write_submission
+from medalist.core.config import Paths, UserError, stage_parser
+from medalist.core.io import prob_columns, probs_of, read_processed, read_run, write_csv, write_json
+from medalist.core.metrics import better, score
 
 Method = Literal["mean", "rank", "caruana", "optimise", "stack"]
 EPS = 1e-12
@@ -57,7 +57,7 @@ class EnsembleConfig:
 
 @dataclasses.dataclass(frozen=True)
 class _File:
-    tta: dict[str, Any] = dataclasses.field(default_factory=dict)  # checked by medalist.tta
+    tta: dict[str, Any] = dataclasses.field(default_factory=dict)  # checked by medalist.stages.tta
     ensemble: EnsembleConfig = EnsembleConfig()
 
 
@@ -374,7 +374,7 @@ def run(comp_name: str, runs: list[str], use_tta: bool = False) -> Path:
 
 @C.cli
 def main(argv: list[str] | None = None) -> None:
-    ap = stage_parser("medalist.ensemble", __doc__)
+    ap = stage_parser("medalist.stages.ensemble", __doc__)
     ap.add_argument("--runs", required=True, help='space-separated run names, e.g. "tfidf minilm"')
     ap.add_argument("--tta", action="store_true", help="blend each run's tta/ predictions")
     a = ap.parse_args(argv)

@@ -23,8 +23,8 @@ from kagglesdk import KaggleClient
 from kagglesdk.kaggle_env import get_endpoint, get_env
 from requests.adapters import HTTPAdapter
 
-from medalist.competition import Competition
-from medalist.config import UserError
+from medalist.core.competition import Competition
+from medalist.core.config import UserError
 
 T = TypeVar("T")
 

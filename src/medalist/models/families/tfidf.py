@@ -16,7 +16,7 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import FeatureUnion, Pipeline
 
-from medalist.data import atomic_path
+from medalist.core.io import atomic_path
 from medalist.models import FoldData, FoldResult
 
 LAUNCH = "inprocess"

@@ -6,8 +6,8 @@ Reads:  submission/<comp>/submission.csv (or --file), checked against
         <stem>.json beside it (`run`, `cv`) for the default message; submission/<comp>/ledger.csv.
 Writes: submission/<comp>/ledger.csv (time, file, sha256, git_sha, cv, message, kaggle_ref,
         public_score), rewritten atomically; a file already in it is refused.
-Run:    python -m medalist.submit --comp NAME [--file PATH] [--message TEXT]   (make submit [FILE=…])
-        python -m medalist.submit --comp NAME --status                          (make status)
+Run:    python -m medalist.stages.submit --comp NAME [--file PATH] [--message TEXT]   (make submit [FILE=…])
+        python -m medalist.stages.submit --comp NAME --status                          (make status)
 """
 from __future__ import annotations
 
@@ -25,11 +25,11 @@ from kagglesdk.competitions.types.competition_api_service import (
     ApiStartSubmissionUploadRequest,
 )
 
-from medalist import config as C
-from medalist.competition import Competition, load_competition, read_sample, validate_submission
-from medalist.config import Paths, UserError, cli, stage_parser
-from medalist.data import read_csv, write_csv
-from medalist.kaggle_client import RETRY_STATUS, TIMEOUT_S, Api
+from medalist.core import config as C
+from medalist.core.competition import Competition, load_competition, read_sample, validate_submission
+from medalist.core.config import Paths, UserError, cli, stage_parser
+from medalist.core.io import read_csv, write_csv
+from medalist.clients.kaggle import RETRY_STATUS, TIMEOUT_S, Api
 
 LEDGER_COLUMNS = ["time", "file", "sha256", "git_sha", "cv", "message", "kaggle_ref", "public_score"]
 
@@ -191,7 +191,7 @@ def _sidecar(file: Path) -> tuple[str, str]:
 
 @cli
 def main(argv: list[str] | None = None) -> None:
-    p = stage_parser("medalist.submit", __doc__)
+    p = stage_parser("medalist.stages.submit", __doc__)
     p.add_argument("--file", default="", help="submission CSV (default: submission/<comp>/submission.csv)")
     p.add_argument("--message", default="", help="submission description (default: '<run> CV=<cv> git=<sha>')")
     p.add_argument("--status", action="store_true", help="fetch public scores into the ledger and print CV vs public")

@@ -5,7 +5,7 @@ Reads   results/<comp>/<run>/config.yaml and every fold<k>/ (a finished run), or
         data/processed/<comp>/test.csv, data/raw/<comp>/sample_submission.csv
 Writes  results/<comp>/<run>/predict_test.csv (id, p_0…), submission/<comp>/<run>.csv (validated)
         and its sidecar .json (run, cv, metric) for `make submit`'s ledger
-Run     python -m medalist.predict --comp demo --run minilm [--ckpt results/demo/minilm/fold0]
+Run     python -m medalist.stages.predict --comp demo --run minilm [--ckpt results/demo/minilm/fold0]
 
 Unlike `make submission`, which reuses the test.csv that training wrote, this runs inference: new
 test data, a checkpoint from an unfinished run, or a check that saved weights reproduce training.
@@ -17,11 +17,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from medalist import config as C
-from medalist.competition import load_competition, write_submission
-from medalist.config import Paths, UserError, stage_parser
-from medalist.data import prob_columns, read_json, read_processed, write_csv
-from medalist.models import load_run_predictor
+from medalist.core import config as C
+from medalist.core.competition import load_competition, write_submission
+from medalist.core.config import Paths, UserError, stage_parser
+from medalist.core.io import prob_columns, read_json, read_processed, write_csv
+from medalist.models.registry import load_run_predictor
 
 
 def run(comp_name: str, run: str, ckpt: str | Path | None = None) -> Path:
@@ -62,7 +62,7 @@ def run(comp_name: str, run: str, ckpt: str | Path | None = None) -> Path:
 
 @C.cli
 def main(argv: list[str] | None = None) -> None:
-    ap = stage_parser("medalist.predict", __doc__)
+    ap = stage_parser("medalist.stages.predict", __doc__)
     ap.add_argument("--run", required=True)
     ap.add_argument("--ckpt", default=None, help="one weights folder instead of every fold's")
     a = ap.parse_args(argv)
