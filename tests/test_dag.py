@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -9,13 +10,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from conftest import make_env
+from conftest import REPO, make_env
 
 ARGS = ["COMP=demo", "MODELS=tfidf"]
 
 
 def make(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    p = subprocess.run(["make", "-C", str(root), "--no-print-directory", *args, *ARGS], env=make_env(),
+    p = subprocess.run(["make", "-C", str(root), "--no-print-directory", *ARGS, *args], env=make_env(),
                        capture_output=True, text=True, timeout=900)
     if check and p.returncode != 0:
         raise AssertionError(f"make {' '.join(args)} failed ({p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
@@ -43,6 +44,10 @@ def test_make_all_then_nothing_then_only_what_changed(make_project):
     assert stages(make(root, "all").stdout) == []
 
     later = time.time() + 5
+    os.utime(root / "configs/ensemble.yaml", (later, later))
+    assert stages(make(root, "-n", "all").stdout) == ["ensemble", "report"]
+    os.utime(root / "configs/tta.yaml", (later, later))
+    assert stages(make(root, "-n", "all").stdout) == ["tta", "ensemble", "report"]
     os.utime(root / "configs/models/tfidf.yaml", (later, later))
     rerun = stages(make(root, "-n", "all").stdout)
     assert "train" in rerun and "ensemble" in rerun and "report" in rerun
@@ -76,3 +81,57 @@ def test_user_mistakes_are_one_line(make_project):
         p = subprocess.run(["make", "-C", str(root), "--no-print-directory", *args], env=make_env(),
                            capture_output=True, text=True, timeout=600)
         assert p.returncode != 0 and message in p.stderr, (args, p.stderr)
+
+
+def test_family_table_comes_from_the_registry(make_project):
+    """The Makefile learns launch mode and sources from medalist.models.registry; a config with
+    an unknown family is one line naming the known ones, and blocks no other model."""
+    root = make_project
+    (root / ".venv").unlink()  # `make help` needs neither the venv nor the generated table
+    assert make(root, "help").returncode == 0
+    assert not (root / ".venv").exists() and not (root / ".make").exists()
+    (root / ".venv").symlink_to(REPO / ".venv")
+
+    (root / "configs/models/typo.yaml").write_text("family: tfidff\n")
+    p = make(root, "-n", "train", "MODELS=typo", check=False)
+    lines = p.stderr.strip().splitlines()
+    assert p.returncode != 0 and len(lines) == 1, p.stderr
+    assert "typo.yaml: unknown family 'tfidff' (known: tfidf, embed_lr, encoder, decoder_lora)" in lines[0]
+    out = make(root, "-n", "train", "MODELS=tfidf minilm").stdout
+    assert "-m medalist.stages.train --comp demo --model tfidf" in out  # in-process
+    assert "accelerate launch --config_file accelerate_config.yaml -m medalist.stages.train --comp demo --model minilm" in out
+
+
+# Every kind of shell and make syntax; run anywhere, each piece would create INJECTED in the project.
+TRICKY = ("don't \"q\" $(touch INJECTED) `touch INJECTED` $(shell touch INJECTED) $$(touch INJECTED); "
+          "touch INJECTED #\nline 2")
+BREAKOUT = "x' || touch INJECTED; echo '"  # closes the single quotes recipes used to paste values into
+
+
+def test_user_values_reach_programs_unchanged_and_run_nothing(make_project, tmp_path):
+    root = make_project
+    for value in (TRICKY, BREAKOUT):
+        for args in (["submit", f"FILE={value}", f"MESSAGE={value}"], ["score", f"FILE={value}", f"ANSWERS={value}"],
+                     ["predict", "RUN=tfidf", f"CKPT={value}"], ["train", f"FOLDS={value}"],
+                     ["download", f"COMP_DIR={value}", f"COMP_ZIP={value}"]):
+            out = make(root, "-n", *args).stdout
+            assert "INJECTED" not in out, (args, out)  # the value is never pasted into a command line
+    p = make(root, "download", f"COMP_DIR={TRICKY}", check=False)
+    assert p.returncode != 0 and TRICKY in p.stderr, p.stderr  # the error line echoes it verbatim
+    p = make(root, "submit", f"MESSAGE={BREAKOUT}", check=False)  # the issue's reproduction
+    assert p.returncode != 0 and not (root / "INJECTED").exists()
+
+    # the same text as a real folder and files: it arrives verbatim and works
+    make(root, "download")
+    raw = root / "data/raw/demo"
+    folder = tmp_path / TRICKY
+    folder.mkdir()
+    for f in ("train.csv", "test.csv", "sample_submission.csv"):
+        shutil.copy2(raw / f, folder / f)
+    shutil.rmtree(raw)
+    make(root, "download", f"COMP_DIR={folder}")
+    assert (raw / ".complete").exists()
+    sub = folder / "sample_submission.csv"
+    p = make(root, "score", f"FILE={sub}", f"ANSWERS={sub}")
+    assert f"\n{sub}: micro_f1 1.0000" in p.stdout, p.stdout
+    assert not (root / "INJECTED").exists() and not list(tmp_path.rglob("INJECTED"))

@@ -15,14 +15,14 @@ from medalist.stages import submission
 from medalist.stages import tta
 from medalist.core.competition import load_competition, read_sample, validate_submission
 from medalist.core.config import Paths
-from medalist.core.io import prob_columns, read_json, write_csv, write_json
+from medalist.core.io import prob_columns, proba_frame, read_json, write_csv, write_json
 from medalist.core.metrics import score
 
 PLANT = "<script>alert('x')</script>"
 
 
 def _competition(project, name: str, labels: list[str], metric: str = "micro_f1") -> None:
-    cfg = {"name": name, "source": "local", "train_has_id": False, "text_columns": ["Question"],
+    cfg = {"name": name, "source": "local", "train_has_id": False, "inputs": {"text": {"columns": ["Question"]}},
            "labels": labels, "metric": metric, "folds": {"n": 3, "seed": 0}}
     (project / "configs" / "competitions" / f"{name}.yaml").write_text(yaml.safe_dump(cfg))
 
@@ -36,14 +36,8 @@ def _data(comp: str, train: pd.DataFrame, test: pd.DataFrame) -> None:
 
 def _fake_run(comp: str, run: str, oof: np.ndarray, test: np.ndarray, train: pd.DataFrame, ids, metric) -> None:
     d = Paths(comp).run(run)
-    cols = prob_columns(oof.shape[1])
-    o = pd.DataFrame(oof, columns=cols)
-    o.insert(0, "fold", train["fold"].to_numpy())
-    o.insert(0, "id", train["id"].to_numpy())
-    t = pd.DataFrame(test, columns=cols)
-    t.insert(0, "id", ids)
-    write_csv(d / "oof.csv", o)
-    write_csv(d / "test.csv", t)
+    write_csv(d / "oof.csv", proba_frame(train["id"], oof, train["fold"].to_numpy()))
+    write_csv(d / "test.csv", proba_frame(ids, test))
     folds = train["fold"].to_numpy()
     y = train["label"].to_numpy()
     fs = [score(metric, y[folds == k], oof[folds == k]) for k in range(3)]

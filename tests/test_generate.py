@@ -19,8 +19,9 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 
-from medalist.stages import generate
+from medalist.clients.llm import read_cache
 from medalist.core.config import Paths, UserError
+from medalist.stages import generate
 
 COMP = "tiny"
 LABELS = ["Algebra", "Geometry", "Probability"]
@@ -168,7 +169,7 @@ def server_for(monkeypatch):
 def _read(paths):
     llm = pd.read_csv(paths.generated / "llm.csv", dtype={"id": str, "folds": str}, keep_default_na=False)
     stats = json.loads((paths.generated / "generate_stats.json").read_text())
-    return llm, stats, list(generate.read_cache(paths.generated / "llm_cache.jsonl").values())
+    return llm, stats, list(read_cache(paths.generated / "llm_cache.jsonl").values())
 
 
 def test_generate_filters_caches_and_keeps_folds_clean(project, server_for):

@@ -103,7 +103,7 @@ def test_download_lands_files_with_stamp_and_rerun_makes_no_request(comp, kaggle
     assert kaggle.methods() == ["DownloadDataFiles", "GET"]
     assert kaggle.requests[0]["body"] == {"competitionName": COMP}
     assert kaggle.requests[0]["headers"]["Authorization"] == f"Bearer {TOKEN}"
-    assert not [p for p in raw.parent.iterdir() if p.name.startswith(".")], "temp folder left behind"
+    assert not list(raw.parent.glob("*.tmp")), "temp folder left behind"
 
     kaggle.requests.clear()
     download.run(comp)
@@ -124,7 +124,8 @@ def test_download_http_errors_are_one_line(comp, kaggle, env, capsys, status, ex
     assert expected in err
     assert TOKEN not in err
     assert not (env / "data" / "raw" / COMP).exists()
-    assert list((env / "data" / "raw").iterdir()) == [], "a failed download leaves nothing behind"
+    left = [p.name for p in (env / "data" / "raw").iterdir()]
+    assert left == [f".{COMP}.download.lock"], "a failed download leaves nothing behind but its lock file"
 
 
 def test_download_retries_429_then_succeeds(comp, kaggle):

@@ -13,7 +13,8 @@ from medalist.core.competition import load_competition, make_submission, read_ra
 from medalist.core.config import Paths, UserError
 from medalist.core.io import atomic_path, read_processed
 from medalist.demos.text import write_demo
-from medalist.text.clean import clean, near_duplicate_groups
+from medalist.text.clean import clean
+from medalist.text.dedup import near_duplicate_groups
 
 
 @pytest.fixture
@@ -90,6 +91,7 @@ def test_baseline_beats_majority_and_writes_run_files(demo_raw, capsys):
     assert 0.75 < metrics["oof_score"] < 0.99  # learnable, but not trivially separable
     for key in ("metric", "fold_scores", "n_train", "n_generated", "train_seconds", "peak_rss_mb", "git_sha", "versions"):
         assert key in metrics
+    assert metrics["inputs"] == ["text"]
     assert "OOF micro_f1" in capsys.readouterr().out
     # a rerun skips every finished fold
     train_stage.run("demo", "tfidf")
@@ -111,6 +113,89 @@ def test_use_gen_without_generated_data_is_one_line(demo_raw):
     folds_stage.run(load_competition("demo"))
     with pytest.raises(UserError, match="make augment"):
         train_stage.run("demo", "tfidf", use_gen=True)
+
+
+# ---------------------------------------------------------------- declared inputs
+
+
+def _pictures(project, inputs: dict) -> Paths:
+    """Comp 'pics': 12 train rows (id,file,caption,label), 4 test rows, tiny image files on disk."""
+    import yaml
+
+    cfg = {"name": "pics", "source": "local", "labels": ["cat", "dog"], "inputs": inputs, "folds": {"n": 3, "seed": 0}}
+    (project / "configs" / "competitions" / "pics.yaml").write_text(yaml.safe_dump(cfg))
+    paths = Paths("pics")
+    for split, n in (("train", 12), ("test", 4)):
+        (paths.raw / f"{split}_images").mkdir(parents=True)
+        for i in range(n):
+            (paths.raw / f"{split}_images" / f"{split[:2]}{i}.png").write_bytes(b"\x89PNG")
+    pd.DataFrame({"id": [f"tr{i}" for i in range(12)], "file": [f"tr{i}" for i in range(12)],
+                  "caption": [f"a {'cat' if i % 2 else 'dog'} {i}" for i in range(12)],
+                  "label": [i % 2 for i in range(12)]}).to_csv(paths.raw / "train.csv", index=False)
+    pd.DataFrame({"id": [f"te{i}" for i in range(4)], "file": [f"te{i}" for i in range(4)],
+                  "caption": [f"photo {i}" for i in range(4)]}).to_csv(paths.raw / "test.csv", index=False)
+    pd.DataFrame({"id": [f"te{i}" for i in range(4)], "label": 0}).to_csv(paths.raw / "sample_submission.csv", index=False)
+    (paths.raw / ".complete").touch()
+    return paths
+
+
+IMAGE = {"column": "file", "train_dir": "train_images", "test_dir": "test_images", "extension": ".png"}
+
+
+def test_folds_carry_declared_text_and_image_inputs(project):
+    paths = _pictures(project, {"text": {"columns": ["caption", "file"]}, "image": IMAGE})
+    (paths.raw / "train_images" / "tr5.png").unlink()
+    with pytest.raises(UserError, match=r"train.csv: 1 of 12 images not found, e.g. .*tr5.png \(row 7\)"):
+        folds_stage.run(load_competition("pics"))
+    assert not (paths.processed / "train.csv").exists()
+    (paths.raw / "train_images" / "tr5.png").write_bytes(b"\x89PNG")
+
+    folds_stage.run(load_competition("pics"))
+    train, test = read_processed(paths)
+    assert list(train.columns) == ["id", "text", "image", "label", "fold"]
+    assert list(test.columns) == ["id", "text", "image"]
+    assert train["text"][1] == "a cat 1\ntr1"  # declared text columns joined in order
+    assert train["image"][1] == "data/raw/pics/train_images/tr1.png"  # relative to the project root
+    assert all((project / p).is_file() for p in [*train["image"], *test["image"]])
+    assert test["image"][0] == "data/raw/pics/test_images/te0.png"
+
+
+def test_image_only_competition_has_folds_and_text_models_refuse_it(project):
+    paths = _pictures(project, {"image": IMAGE})
+    folds_stage.run(load_competition("pics"))
+    train, test = read_processed(paths)
+    assert list(train.columns) == ["id", "image", "label", "fold"] and list(test.columns) == ["id", "image"]
+    assert sorted(train["fold"].value_counts()) == [4, 4, 4]
+    with pytest.raises(UserError, match=r"model 'tfidf' reads \['text'\] but competition 'pics' declares inputs \['image'\]"):
+        train_stage.run("pics", "tfidf")
+    assert not paths.run("tfidf").exists()
+
+
+def test_model_inputs_are_checked_against_the_competition(demo_raw, project):
+    folds_stage.run(load_competition("demo"))
+    models = project / "configs" / "models"
+    (models / "tfidf-img.yaml").write_text((models / "tfidf.yaml").read_text() + "inputs: [text, image]\n")
+    with pytest.raises(UserError, match=r"declares inputs \['text'\]"):
+        train_stage.run("demo", "tfidf-img")
+    (models / "tfidf-img.yaml").write_text((models / "tfidf.yaml").read_text() + "inputs: [audio]\n")
+    with pytest.raises(UserError, match="inputs must be a non-empty list"):
+        train_stage.run("demo", "tfidf-img")
+
+
+@pytest.mark.parametrize("inputs,message", [
+    ({}, "declares no input"),
+    ({"text": {"column": ["Question"]}}, r"inputs.text: unknown key\(s\) \['column'\]"),
+    ({"image": {"train_dir": "x"}}, "inputs.image: missing required key 'column'"),
+    ({"sound": {"column": "x"}}, r"unknown key\(s\) \['sound'\]"),
+])
+def test_bad_inputs_section_is_one_line(project, inputs, message):
+    import yaml
+
+    path = project / "configs" / "competitions" / "demo.yaml"
+    cfg = yaml.safe_load(path.read_text())
+    path.write_text(yaml.safe_dump({**cfg, "inputs": inputs}))
+    with pytest.raises(UserError, match=message):
+        load_competition("demo")
 
 
 # ---------------------------------------------------------------- bad competition data
@@ -202,6 +287,10 @@ def test_probability_submissions(project):
 
 def test_score_against_answers(project, tmp_path):
     comp = load_competition("demo")
+    raw = Paths("demo").raw  # score checks FILE against sample_submission.csv, as submit does
+    raw.mkdir(parents=True)
+    (raw / "sample_submission.csv").write_text("id,label\n1,0\n2,0\n3,0\n4,0\n")
+    (raw / ".complete").touch()
     (tmp_path / "sub.csv").write_text("id,label\n1,0\n2,1\n3,1\n4,2\n")
     (tmp_path / "ans.csv").write_text("id,label,level\n4,2,x\n3,0,x\n2,1,x\n1,0,x\n")
     s = score_stage.run(comp, tmp_path / "sub.csv", tmp_path / "ans.csv")

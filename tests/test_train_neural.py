@@ -1,6 +1,7 @@
-"""The neural families (encoder, decoder_lora) end to end under `accelerate launch`, on tiny
+"""The neural text families (encoder, decoder_lora) end to end under `accelerate launch`, on tiny
 randomly initialised models saved to disk (a 2-layer BERT with a WordPiece vocabulary, a 2-layer
-Qwen2 with a byte-level BPE): no network, a couple of minutes on 2 CPU cores."""
+Qwen2 with a byte-level BPE): no network, a couple of minutes on 2 CPU cores. The engine's own
+machinery (out-of-memory halving, stages, seeds, best epoch) is tested once in test_engine.py."""
 from __future__ import annotations
 
 import json
@@ -16,69 +17,14 @@ import pandas as pd
 import pytest
 import yaml
 
+from tiny_text import LABELS, build_tiny_models, make_texts
+
 REPO = Path(__file__).resolve().parents[1]
-LABELS = ["algebra", "geometry", "probability"]
-WORDS = {
-    "algebra": "solve equation polynomial root factor x y variable linear quadratic",
-    "geometry": "triangle circle angle area radius side square perimeter polygon",
-    "probability": "dice coin chance card probability random expected draw outcome",
-}
-COMMON = "find the of a value what is given if and compute"
-
-
-def _texts(n: int, seed: int, label_of=None) -> tuple[list[str], list[int]]:
-    rng = np.random.default_rng(seed)
-    texts, labels = [], []
-    for i in range(n):
-        y = i % len(LABELS) if label_of is None else label_of
-        own = WORDS[LABELS[y]].split()
-        k = int(rng.integers(3, 14))  # varied lengths, so batches are length-grouped for real
-        words = list(rng.choice(own, size=k)) + list(rng.choice(COMMON.split(), size=k // 2)) + [str(rng.integers(0, 9))]
-        rng.shuffle(words)
-        texts.append(" ".join(words))
-        labels.append(y)
-    return texts, labels
 
 
 @pytest.fixture(scope="module")
 def tiny_models(tmp_path_factory) -> dict[str, Path]:
-    import transformers
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-
-    root = tmp_path_factory.mktemp("models")
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *sorted(set(" ".join([*WORDS.values(), COMMON]).split())),
-             *map(str, range(10))]
-    bert = root / "tiny-bert"
-    bert.mkdir()
-    (bert / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    tok = transformers.BertTokenizer(vocab=str(bert / "vocab.txt"))
-    torch_seed()
-    cfg = transformers.BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                                  intermediate_size=64, max_position_embeddings=64)
-    transformers.BertModel(cfg).save_pretrained(bert)
-    tok.save_pretrained(bert)
-
-    qwen = root / "tiny-qwen"
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.train_from_iterator(_texts(90, 0)[0], trainers.BpeTrainer(
-        vocab_size=320, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    model = json.loads(bpe.to_str())["model"]
-    # no pad token, like many decoder tokenizers: the family must fall back to eos
-    qtok = transformers.Qwen2Tokenizer(vocab=model["vocab"], merges=[tuple(m) for m in model["merges"]], pad_token=None)
-    qcfg = transformers.Qwen2Config(vocab_size=len(model["vocab"]), hidden_size=32, intermediate_size=64,
-                                    num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
-                                    max_position_embeddings=64, eos_token_id=qtok.eos_token_id,
-                                    tie_word_embeddings=False)
-    transformers.Qwen2Model(qcfg).save_pretrained(qwen)
-    qtok.save_pretrained(qwen)
-    return {"bert": bert, "qwen": qwen}
-
-
-def torch_seed() -> None:
-    import torch
-
-    torch.manual_seed(0)
+    return build_tiny_models(tmp_path_factory.mktemp("models"))
 
 
 def model_configs(models: dict[str, Path]) -> dict[str, dict]:
@@ -102,12 +48,12 @@ def make_root(root: Path, models: dict[str, Path], n_train: int = 60, n_test: in
         {"name": "tiny", "source": "local", "labels": LABELS, "metric": "micro_f1", "folds": {"n": 2}}))
     for name, c in model_configs(models).items():
         (cfgs / "models" / f"{name}.yaml").write_text(yaml.safe_dump(c))
-    texts, labels = _texts(n_train, 1)
+    texts, labels = make_texts(n_train, 1)
     proc = root / "data" / "processed" / "tiny"
     proc.mkdir(parents=True)
     pd.DataFrame({"id": [f"train-{i}" for i in range(n_train)], "text": texts, "label": labels,
                   "fold": [i % 2 for i in range(n_train)]}).to_csv(proc / "train.csv", index=False)
-    test_texts, _ = _texts(n_test, 2)
+    test_texts, _ = make_texts(n_test, 2)
     ids = [f"t{i}" for i in range(n_test)]
     pd.DataFrame({"id": ids, "text": test_texts}).to_csv(proc / "test.csv", index=False)
     raw = root / "data" / "raw" / "tiny"
@@ -133,6 +79,11 @@ def launch(root: Path, model: str, *args: str) -> subprocess.CompletedProcess:
                           timeout=300, check=False)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     return proc
+
+
+def rows_of(table: pd.DataFrame, ids) -> pd.DataFrame:
+    """The processed rows with these ids, in this order (what a predictor takes)."""
+    return table.set_index("id").loc[list(ids)].reset_index()
 
 
 def fold_info(run_dir: Path, k: int) -> dict:
@@ -219,8 +170,7 @@ def test_load_predictor_reproduces_fold_probabilities(encoder_run):
     run_dir = root / "results" / "tiny" / "tinybert"
     train = pd.read_csv(root / "data" / "processed" / "tiny" / "train.csv", dtype={"id": str}, keep_default_na=False)
     val = pd.read_csv(run_dir / "fold0" / "val.csv", dtype={"id": str})
-    texts = train.set_index("id").loc[val["id"], "text"].tolist()
-    got = load_run_predictor(run_dir, 0, len(LABELS))(texts)
+    got = load_run_predictor(run_dir, 0, len(LABELS))(rows_of(train, val["id"]))
     cols = [f"p_{i}" for i in range(len(LABELS))]
     np.testing.assert_allclose(got, val[cols].to_numpy(), atol=1e-5)
 
@@ -277,7 +227,7 @@ def test_decoder_lora_trains_only_the_adapter_and_the_head(tiny_models, tmp_path
         assert info["trainable_params"] == sum(v.numel() for v in saved.values())
     val = pd.read_csv(run_dir / "fold0" / "val.csv", dtype={"id": str})
     train = pd.read_csv(root / "data" / "processed" / "tiny" / "train.csv", dtype={"id": str}, keep_default_na=False)
-    got = load_run_predictor(run_dir, 0, len(LABELS))(train.set_index("id").loc[val["id"], "text"].tolist())
+    got = load_run_predictor(run_dir, 0, len(LABELS))(rows_of(train, val["id"]))
     np.testing.assert_allclose(got, val[[f"p_{i}" for i in range(len(LABELS))]].to_numpy(), atol=1e-5)
 
 
@@ -291,7 +241,7 @@ def test_killed_fold_resumes_to_the_uninterrupted_predictions(tiny_models, tmp_p
     launch(whole, "tinybert2", "--folds", "0")
 
     fold_dir = killed / "results" / "tiny" / "tinybert2" / "fold0"
-    first_ckpt = fold_dir / "ckpt" / "epoch1" / "progress.json"
+    first_ckpt = fold_dir / "ckpt" / "checkpoints" / "checkpoint_1" / "progress.json"
     proc = subprocess.Popen(launch_cmd("tinybert2", "--folds", "0"), env=env_for(killed), cwd=killed,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
@@ -304,11 +254,11 @@ def test_killed_fold_resumes_to_the_uninterrupted_predictions(tiny_models, tmp_p
         proc.wait()
     assert not (fold_dir / "done.json").exists(), "the run finished before it could be killed"
     from medalist.core import config as C
-    from medalist.models import encoder
+    from medalist.models.families import hf_text
 
-    # `make predict CKPT=…/ckpt/epoch1` works on the half-trained fold too
-    cfg = C.from_dict(encoder.Config, model_configs(tiny_models)["tinybert2"])
-    mid = encoder.load_predictor(cfg, fold_dir / "ckpt" / "epoch1", len(LABELS))(_texts(6, 5)[0])
+    # `make predict CKPT=…/ckpt/checkpoints/checkpoint_1` works on the half-trained fold too
+    cfg = C.from_dict(hf_text.Config, model_configs(tiny_models)["tinybert2"])
+    mid = hf_text.load_predictor(cfg, first_ckpt.parent, len(LABELS))(pd.DataFrame({"text": make_texts(6, 5)[0]}))
     assert mid.shape == (6, len(LABELS)) and np.allclose(mid.sum(1), 1, atol=1e-5)
 
     out = launch(killed, "tinybert2", "--folds", "0")
@@ -322,70 +272,3 @@ def test_killed_fold_resumes_to_the_uninterrupted_predictions(tiny_models, tmp_p
         b = pd.read_csv(fold_dir / name, dtype={"id": str})
         assert list(a["id"]) == list(b["id"])
         np.testing.assert_allclose(b.filter(like="p_").to_numpy(), a.filter(like="p_").to_numpy(), atol=1e-5)
-
-
-# ---------------------------------------------------------------- out of memory
-
-
-def test_injected_oom_halves_the_batch_once_and_keeps_the_step_count(tiny_models, tmp_path, monkeypatch, capsys):
-    from medalist.core import config as C
-    from medalist.models import FoldData, encoder
-
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    cfg = C.from_dict(encoder.Config, model_configs(tiny_models)["tinybert"])
-    texts, labels = _texts(40, 3)
-    fold = FoldData(fold=0, n_classes=len(LABELS), train_texts=texts[:32], train_labels=np.array(labels[:32]),
-                    val_ids=[str(i) for i in range(8)], val_texts=texts[32:], val_labels=np.array(labels[32:]),
-                    test_ids=["a", "b"], test_texts=texts[:2], metric="micro_f1", log_dir=None)
-    plain = encoder.fit_fold(cfg, fold, tmp_path / "plain")
-    monkeypatch.setenv("MEDALIST_INJECT_OOM", "1")
-    capsys.readouterr()
-    res = encoder.fit_fold(cfg, fold, tmp_path / "oom")
-    lines = [ln for ln in capsys.readouterr().out.splitlines() if "out of memory" in ln]
-    assert len(lines) == 1 and "batch 8" in lines[0] and "batch 4 x grad_accum 2" in lines[0]
-    assert res.info["oom_events"] == 1 and res.info["batch_size"] == 4 and res.info["grad_accum"] == 2
-    assert res.info["optimizer_steps"] == plain.info["optimizer_steps"] == 4
-    assert res.val_proba.shape == (8, len(LABELS)) and np.allclose(res.val_proba.sum(1), 1, atol=1e-5)
-
-
-# ---------------------------------------------------------------- epoch selection
-
-
-def _small_fold(n: int = 48):
-    from medalist.models import FoldData
-
-    texts, labels = _texts(n, 4)
-    v = n // 4
-    return FoldData(fold=0, n_classes=len(LABELS), train_texts=texts[v:], train_labels=np.array(labels[v:]),
-                    val_ids=[str(i) for i in range(v)], val_texts=texts[:v], val_labels=np.array(labels[:v]),
-                    test_ids=["a", "b"], test_texts=texts[:2], metric="micro_f1", log_dir=None)
-
-
-def test_best_epoch_and_early_stopping_are_marked_optimistic(tiny_models, tmp_path, monkeypatch):
-    from medalist.core import config as C
-    from medalist.models import encoder
-
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    base = model_configs(tiny_models)["tinybert"]
-    fold = _small_fold()
-    best = C.from_dict(encoder.Config, {**base, "epochs": 3, "lr": 3e-3, "select_best_epoch": True})
-    runs = {}
-    for name, scripted in (("first", [0.9, 0.5, 0.4]), ("last", [0.1, 0.2, 0.3])):
-        # validation scores scripted so the best epoch is known; the training itself is identical
-        values = iter(scripted)
-        monkeypatch.setattr(encoder, "score", lambda metric, y, p, values=values: next(values))
-        runs[name] = encoder.fit_fold(best, fold, tmp_path / name)
-        assert runs[name].info["optimistic"] is True
-        # the saved weights are the chosen epoch's: they reproduce the reported probabilities
-        again = encoder.load_predictor(best, tmp_path / name, len(LABELS))(fold.val_texts)
-        np.testing.assert_allclose(again, runs[name].val_proba, atol=1e-5)
-    assert runs["first"].info["best_epoch"] == 1 and runs["last"].info["best_epoch"] == 3
-    assert np.abs(runs["first"].val_proba - runs["last"].val_proba).max() > 1e-4  # epoch 1's weights came back
-    monkeypatch.undo()
-
-    # a learning rate too small to change any prediction: no improvement, so patience 1 stops at epoch 2
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    stop = C.from_dict(encoder.Config, {**base, "epochs": 4, "lr": 1e-12, "early_stopping_patience": 1})
-    res = encoder.fit_fold(stop, fold, tmp_path / "stop")
-    assert res.info["epochs_run"] == 2 and res.info["optimistic"] is True
-    assert not (tmp_path / "stop" / "ckpt").exists()

@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path, PurePosixPath
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
 import pandas as pd
 
+from medalist.core.config import NonNegative, Range, UserError
 from medalist.core import config as C
-from medalist.core.config import UserError
 from medalist.core.io import read_csv
 from medalist.core.metrics import METRICS
 
@@ -44,9 +44,9 @@ class Cleaning:
 
 @dataclasses.dataclass(frozen=True)
 class Folds:
-    n: int = 5
-    seed: int = 42
-    near_dup_threshold: float = 0.8  # char 5-gram Jaccard at or above this groups two texts
+    n: Annotated[int, Range(ge=2)] = 5
+    seed: Annotated[int, NonNegative] = 42
+    near_dup_threshold: Annotated[float, Range(gt=0, le=1)] = 0.8  # char 5-gram Jaccard at or above this groups two texts
 
 
 @dataclasses.dataclass(frozen=True)
@@ -272,24 +272,27 @@ def make_submission(comp: Competition, sample: pd.DataFrame, ids, proba: np.ndar
 
 
 def validate_submission(comp: Competition, sample: pd.DataFrame, sub: pd.DataFrame) -> None:
-    """Raise UserError naming the first problem: ids/order, columns, dtypes, labels, NaN."""
+    """Raise UserError naming the first problem: columns, rows, NaN, ids/order, dtypes, labels.
+
+    The one validator of every submission file: written (ensemble, submission, predict), scored
+    (`make score`) or uploaded (`make submit`)."""
     s = comp.submission
     want = expected_columns(comp) if s.format == "probs" else list(sample.columns)
     if list(sub.columns) != want:
         raise UserError(f"submission columns {list(sub.columns)} differ from sample_submission's {want}")
     if len(sub) != len(sample):
         raise UserError(f"submission has {len(sub)} rows, sample_submission has {len(sample)}")
+    for col in sub.columns:  # before the ids, so an empty id is not reported as the id 'nan'
+        nan = sub[col].isna().to_numpy()
+        if nan.any():
+            i = int(np.flatnonzero(nan)[0])
+            raise UserError(f"submission row {i + 2}: empty/NaN value in column '{col}'")
     got_ids = sub[s.id_column].astype(str).to_numpy()
     want_ids = sample[s.id_column].astype(str).to_numpy()
     diff = np.flatnonzero(got_ids != want_ids)
     if len(diff):
         i = int(diff[0])
         raise UserError(f"submission row {i + 2}: id '{got_ids[i]}', sample_submission has '{want_ids[i]}' (ids/order differ)")
-    for col in sub.columns:
-        nan = sub[col].isna().to_numpy()
-        if nan.any():
-            i = int(np.flatnonzero(nan)[0])
-            raise UserError(f"submission row {i + 2}: empty/NaN value in column '{col}'")
     if s.format == "probs":
         block = sub[list(comp.labels)]
         try:

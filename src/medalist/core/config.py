@@ -23,6 +23,49 @@ class UserError(Exception):
     """A mistake the user can fix: printed as one line, exit code 2, no traceback."""
 
 
+class _OutOfRange(UserError):
+    """The value has the right type but not an allowed value: no other union member may take it."""
+
+
+def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) is typing.Annotated:
+        return _type_name(typing.get_args(tp)[0])
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    return {type(None): "null", int: "an integer", float: "a number", str: "a string", bool: "true/false"}.get(
+        tp, getattr(tp, "__name__", str(tp)))
+
+
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """The allowed interval of a numeric config field: `Annotated[float, Range(gt=0)]`.
+
+    Checked by `from_dict` with one line naming the field, so a value out of range never reaches
+    a library that would answer with a traceback."""
+
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+
+    def check(self, value: float, where: str) -> None:
+        ok = ((self.ge is None or value >= self.ge) and (self.gt is None or value > self.gt)
+              and (self.le is None or value <= self.le) and (self.lt is None or value < self.lt))
+        if not ok:
+            raise _OutOfRange(f"{where}: {value!r} is out of range (must be {self})")
+
+    def __str__(self) -> str:
+        parts = [f"{op} {v:g}" for op, v in ((">=", self.ge), (">", self.gt), ("<=", self.le), ("<", self.lt))
+                 if v is not None]
+        return " and ".join(parts)
+
+
+Positive = Range(gt=0)
+AtLeastOne = Range(ge=1)
+NonNegative = Range(ge=0)
+Fraction = Range(ge=0, le=1)
+
+
 def root() -> Path:
     """Project root: where data/, results/, configs/ … live. Tests point it at a temp dir."""
     return Path(os.environ.get("MEDALIST_ROOT", os.getcwd())).resolve()
@@ -77,13 +120,23 @@ def _check_type(value: Any, tp: Any, where: str) -> Any:
     args = typing.get_args(tp)
     if tp is Any:
         return value
+    if origin is typing.Annotated:
+        value = _check_type(value, args[0], where)
+        for meta in tp.__metadata__:
+            if isinstance(meta, Range) and value is not None:
+                meta.check(value, where)
+        return value
     if origin in (typing.Union, types.UnionType):
         for a in args:
             try:
                 return _check_type(value, a, where)
+            except _OutOfRange:
+                raise
             except UserError:
+                if isinstance(value, dict) and dataclasses.is_dataclass(a):
+                    raise  # a mapping meant for this section: its own message (unknown key …) says more
                 continue
-        raise UserError(f"{where}: expected {tp}, got {value!r}")
+        raise UserError(f"{where}: expected {_type_name(tp)}, got {value!r}")
     if tp is type(None):
         if value is None:
             return None
@@ -127,7 +180,7 @@ def _check_type(value: Any, tp: Any, where: str) -> Any:
 
 def from_dict(cls: type[T], data: dict, where: str = "config") -> T:
     """Build dataclass `cls` from `data`, rejecting unknown keys and wrong types."""
-    hints = typing.get_type_hints(cls)
+    hints = typing.get_type_hints(cls, include_extras=True)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))
     if unknown:
@@ -231,6 +284,9 @@ def stage_parser(module: str, doc: str | None):
     """The command line every stage starts from: `python -m <module> --comp NAME …`."""
     import argparse
 
+    from medalist.core.runtime import configure_threads
+
+    configure_threads()  # before the stage imports torch: each process gets its share of the cores
     ap = argparse.ArgumentParser(prog=f"python -m {module}", description=(doc or module).strip().splitlines()[0])
     ap.add_argument("--comp", default="demo", help="competition: configs/competitions/<comp>.yaml")
     return ap

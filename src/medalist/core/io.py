@@ -86,13 +86,44 @@ def read_csv(path: Path, what: str | None = None, **kwargs) -> pd.DataFrame:
         raise UserError(f"{what}: file is empty: {path}")
     try:
         df = pd.read_csv(path, encoding="utf-8", keep_default_na=False, na_values=[""], **kwargs)
-    except UnicodeDecodeError as e:
-        raise UserError(f"{what}: not UTF-8 text (bad byte at position {e.start}): {path}") from None
+    except UnicodeDecodeError:
+        line, offset, byte = _first_non_utf8(path)
+        raise UserError(
+            f"{what}: not UTF-8 text (byte 0x{byte:02x} on line {line}, byte offset {offset}): {path}; "
+            "save it as UTF-8"
+        ) from None
     except pd.errors.EmptyDataError:
         raise UserError(f"{what}: file has no columns: {path}") from None
     except pd.errors.ParserError as e:
         raise UserError(f"{what}: malformed CSV ({str(e).strip().splitlines()[-1]}): {path}") from None
     return df
+
+
+def _first_non_utf8(path: Path) -> tuple[int, int, int]:
+    """(line, byte offset in the file, the byte) of the first byte that is not UTF-8.
+
+    pandas' error counts from the start of the chunk it was decoding, which names no place in
+    the file; this rereads the file in chunks, carrying a character split between two chunks.
+    """
+    import codecs
+
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset = 0  # file offset of the next chunk
+    lines = 1
+    with open(path, "rb") as f:
+        while True:
+            chunk = f.read(1 << 20)
+            carried = decoder.getstate()[0]  # bytes of a character the last chunk split
+            try:
+                decoder.decode(chunk, final=not chunk)
+            except UnicodeDecodeError as e:
+                data = carried + chunk
+                start = offset - len(carried) + e.start
+                return lines + data[: e.start].count(b"\n") - carried.count(b"\n"), start, data[e.start]
+            if not chunk:
+                raise AssertionError(f"{path} decodes as UTF-8 here but not in pandas")
+            lines += chunk.count(b"\n")
+            offset += len(chunk)
 
 
 def prob_columns(n_classes: int) -> list[str]:

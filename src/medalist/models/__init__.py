@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Protocol, runtime_checkable
 
 import numpy as np
 import pandas as pd
 
-from medalist.core.config import UserError
+from medalist.core.config import AtLeastOne, NonNegative, UserError
 
 INPUT_KINDS = ("text", "image")  # columns of the processed tables a model may read
 
@@ -31,16 +31,23 @@ class RunConfig:
     """The fields every family's config has (a family's Config extends it)."""
 
     family: str
-    seed: int = 42
-    max_train_rows: int | None = None  # cap for quick looks (train applies it); null = all
+    seed: Annotated[int, NonNegative] = 42
+    max_train_rows: Annotated[int, AtLeastOne] | None = None  # cap for quick looks (train applies it); null = all
     inputs: tuple[str, ...] = ("text",)  # processed columns the model reads
 
     def validate(self, where: str) -> None:
         bad = [i for i in self.inputs if i not in INPUT_KINDS]
         if bad or not self.inputs:
             raise UserError(f"{where}: inputs must be a non-empty list of {list(INPUT_KINDS)}, got {list(self.inputs)}")
-        if self.max_train_rows is not None and self.max_train_rows < 1:
-            raise UserError(f"{where}: max_train_rows must be at least 1 (or null)")
+
+
+@runtime_checkable
+class Tokenized(Protocol):
+    """A config that reads text through a pretrained tokenizer: `checks` and `tta` measure
+    lengths with it (`isinstance(cfg, Tokenized)`, never getattr on a config)."""
+
+    backbone: str
+    max_length: int
 
 
 @dataclasses.dataclass

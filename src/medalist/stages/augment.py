@@ -1,4 +1,4 @@
-"""Stage `augment`: offline nlpaug copies of training rows, math protected (textviews).
+"""Stage `augment`: offline nlpaug copies of training rows, math protected (text.views).
 
 Reads:  data/processed/<comp>/train.csv, test.csv; configs/augment.yaml;
         configs/competitions/<comp>.yaml (folds.n)
@@ -15,17 +15,19 @@ from __future__ import annotations
 import dataclasses
 import random
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import pandas as pd
 from tqdm import tqdm
 
+from medalist.core.config import AtLeastOne, Fraction, NonNegative, Paths, Range, stage_parser, UserError
 from medalist.core import config as C
 from medalist.core import generated
-from medalist.text import views as textviews
 from medalist.core.competition import load_competition
-from medalist.core.config import Paths, UserError, stage_parser
 from medalist.core.io import read_processed, write_csv, write_json
+from medalist.text.augmenters import build_augmenter, ensure_wordnet
+from medalist.text.clean import normalise
+from medalist.text.views import augment_text, child_seed
 
 StepName = Literal["swap", "delete", "crop", "spelling", "keyboard", "synonym", "contextual"]
 
@@ -33,16 +35,12 @@ StepName = Literal["swap", "delete", "crop", "spelling", "keyboard", "synonym", 
 @dataclasses.dataclass(frozen=True)
 class Step:
     name: StepName
-    p: float = 0.5  # chance that a child goes through this step
-    aug_p: float = 0.1  # fraction of a text's words the step touches
-    aug_max: int = 3  # at most this many words per text
+    p: Annotated[float, Fraction] = 0.5  # chance that a child goes through this step
+    aug_p: Annotated[float, Range(gt=0, le=1)] = 0.1  # fraction of a text's words the step touches
+    aug_max: Annotated[int, AtLeastOne] = 3  # at most this many words per text
     model_path: str | None = None  # contextual only: a local masked-LM folder (never downloaded)
 
     def validate(self, where: str) -> None:
-        if not 0 <= self.p <= 1 or not 0 < self.aug_p <= 1:
-            raise UserError(f"{where}: p must lie in [0, 1] and aug_p in (0, 1]")
-        if self.aug_max < 1:
-            raise UserError(f"{where}: aug_max must be at least 1")
         if self.name == "contextual" and not self.model_path:
             raise UserError(f"{where}: the contextual step needs model_path (a local masked-LM folder)")
         if self.model_path and not Path(self.model_path).is_dir():
@@ -51,20 +49,16 @@ class Step:
 
 @dataclasses.dataclass(frozen=True)
 class AugmentConfig:
-    seed: int = 42
-    copies: int = 3  # children per chosen parent row
+    seed: Annotated[int, NonNegative] = 42
+    copies: Annotated[int, AtLeastOne] = 3  # children per chosen parent row
     # which classes get children: "rare" (below rare_fraction of the largest), "all", or a list
     # of class indices / names
     classes: Literal["rare", "all"] | tuple[int | str, ...] = "rare"
-    rare_fraction: float = 0.5
-    tries: int = 3  # attempts per child before it is dropped (math broken or text unchanged)
+    rare_fraction: Annotated[float, Range(gt=0, le=1)] = 0.5
+    tries: Annotated[int, AtLeastOne] = 3  # attempts per child before it is dropped (math broken or text unchanged)
     steps: tuple[Step, ...] = (Step("swap"), Step("delete"), Step("spelling"), Step("keyboard"), Step("synonym"))
 
     def validate(self, where: str) -> None:
-        if self.copies < 1 or self.tries < 1:
-            raise UserError(f"{where}: copies and tries must be at least 1")
-        if not 0 < self.rare_fraction <= 1:
-            raise UserError(f"{where}: rare_fraction must lie in (0, 1]")
         if not self.steps:
             raise UserError(f"{where}: steps is empty")
         names = [s.name for s in self.steps]
@@ -97,11 +91,11 @@ def build_steps(cfg: AugmentConfig) -> list[tuple[Step, object]]:
     """(step, protected augmenter) for every step this machine can run."""
     out = []
     for step in cfg.steps:
-        if step.name == "synonym" and not textviews.ensure_wordnet(C.root() / "data" / "nltk_data"):
+        if step.name == "synonym" and not ensure_wordnet(C.root() / "data" / "nltk_data"):
             print("note: WordNet not installed (apt-get install wordnet-base wordnet-sense-index): "
                   "skipping synonyms")
             continue
-        out.append((step, textviews.build_augmenter(step.name, step.aug_p, step.aug_max, step.model_path)))
+        out.append((step, build_augmenter(step.name, step.aug_p, step.aug_max, step.model_path)))
     if not out:
         raise UserError("augment.yaml: no step can run on this machine")
     return out
@@ -120,21 +114,22 @@ def run(comp_name: str) -> Path:
     parents = train[train["label"].isin(classes)]
     print(f"augment: {len(parents)} rows of classes {[comp.labels[c] for c in classes]} × {cfg.copies} copies")
 
-    seen_train = set(train["text"].map(generated.dup_key))
-    seen_test = set(test["text"].map(generated.dup_key))
+    # spacing ignored too: nlpaug re-spaces tokens, so a child that only moved spaces is a copy
+    seen_train = {normalise(t, ignore_spacing=True) for t in train["text"]}
+    seen_test = {normalise(t, ignore_spacing=True) for t in test["text"]}
     seen_children: set[str] = set()
     counts = dict(made=0, math_or_unchanged=0, duplicate_train=0, duplicate_test=0, duplicate_within=0)
     rows = []
     for parent in tqdm(parents.itertuples(index=False), total=len(parents), desc="augment", unit="row"):
         for j in range(cfg.copies):
-            seed = textviews.child_seed(cfg.seed, parent.id, j)
+            seed = child_seed(cfg.seed, parent.id, j)
             rng = random.Random(seed)
             chain = [(s, a) for s, a in steps if rng.random() < s.p] or [rng.choice(steps)]
-            child = textviews.augment_text(parent.text, [a for _, a in chain], seed, cfg.tries)
+            child = augment_text(parent.text, [a for _, a in chain], seed, cfg.tries)
             if child is None:
                 counts["math_or_unchanged"] += 1
                 continue
-            key = generated.dup_key(child)
+            key = normalise(child, ignore_spacing=True)
             reason = ("duplicate_test" if key in seen_test else "duplicate_train" if key in seen_train
                       else "duplicate_within" if key in seen_children else None)
             if reason:

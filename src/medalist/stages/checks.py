@@ -63,6 +63,7 @@ def duplicates(train: pd.DataFrame, test: pd.DataFrame) -> dict:
 
 def token_lengths(comp: Competition, texts: list[str]) -> tuple[dict[str, np.ndarray], list[str], dict[str, int]]:
     """Token counts per configured model whose tokenizer loads from local files."""
+    from medalist.models import Tokenized
     from medalist.models.backbones import load_tokenizer_offline
     from medalist.models.registry import load_model_config
 
@@ -74,16 +75,16 @@ def token_lengths(comp: Competition, texts: list[str]) -> tuple[dict[str, np.nda
         except UserError as e:
             notes.append(f"{name}: skipped ({e})")
             continue
-        backbone = getattr(cfg, "backbone", None)
-        if backbone is None:
+        if not isinstance(cfg, Tokenized):  # e.g. tfidf: no tokenizer to measure with
             continue
+        backbone = cfg.backbone
         try:
             tok = load_tokenizer_offline(backbone)
         except Exception as e:  # noqa: BLE001 — any loading failure is a skip with a note
             notes.append(f"{name}: tokenizer '{backbone}' not available locally, skipped ({type(e).__name__})")
             continue
         out[name] = np.array([len(ids) for ids in tok(texts, add_special_tokens=True)["input_ids"]])
-        max_lens[name] = int(getattr(cfg, "max_length", 512))
+        max_lens[name] = cfg.max_length
     return out, notes, max_lens
 
 

@@ -3,13 +3,22 @@
 Reads:  configs/competitions/<comp>.yaml; a local folder (--dir) or zip (--zip), which override
         any source; else by `source:` the built-in demo, or Kaggle (credentials: KAGGLE_API_TOKEN,
         ~/.kaggle/access_token or ~/.kaggle/kaggle.json).
-Writes: data/raw/<comp>/ with `.complete` written last. Everything lands in a temp folder beside
-        it first and is renamed into place, so a killed download leaves no `.complete`; a rerun
-        once `.complete` exists does nothing.
+Writes: data/raw/<comp>/ holding `.complete`, a JSON stamp of where the files came from.
+        Everything lands in a temp folder beside it first, passes the data validation `folds`
+        applies (`read_raw`), gets its stamp and is renamed into place: rejected or half-fetched
+        data never shows up in data/raw/<comp>/.
+        One download per competition at a time (data/raw/.<comp>.download.lock): a second one
+        waits, then finds the data complete. A download first removes the temp folders a killed
+        one left (data/raw/.<comp>.*.tmp).
+        Once stamped, a rerun with the same source does nothing; a rerun naming another (or a
+        changed) COMP_DIR / COMP_ZIP stops with one line saying to remove data/raw/<comp> first.
+        Zips must unpack to at most MEDALIST_UNZIP_MAX_GB (default 200) GiB in all and at most
+        MEDALIST_UNZIP_MAX_RATIO (default 200) times their own size, so a zip bomb is refused.
 Run:    python -m medalist.stages.download --comp NAME [--dir PATH | --zip PATH.zip]   (make download)
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -22,94 +31,186 @@ from pathlib import Path
 from kagglesdk.competitions.types.competition_api_service import ApiDownloadDataFilesRequest
 from tqdm import tqdm
 
-from medalist.core import config as C
-from medalist.core.competition import Competition, load_competition
-from medalist.core.config import Paths, UserError, cli, stage_parser
 from medalist.clients.kaggle import Api
+from medalist.core import config as C
+from medalist.core.competition import Competition, load_competition, read_raw
+from medalist.core.config import Paths, UserError, cli, stage_parser
+from medalist.core.locks import stage_lock
 
 STAMP = ".complete"
+GIB = 1 << 30
+# Kaggle's CSV zips unpack to 3-20x; 200x leaves room for very repetitive tables, and a zip
+# bomb (1 MB → 1 GiB is 1000x) still stops before it fills the disk.
+UNZIP_LIMITS = {"MEDALIST_UNZIP_MAX_GB": 200.0, "MEDALIST_UNZIP_MAX_RATIO": 200.0}
 
 
 def run(comp: Competition, comp_dir: Path | None = None, comp_zip: Path | None = None, backoff_base: float = 2.0) -> Path:
-    raw = Paths(comp.name).raw
-    shown = raw.relative_to(C.root())
-    if (raw / STAMP).exists():
-        print(f"{shown} is already complete (delete it to download again)")
-        return raw
     if comp_dir and comp_zip:
         raise UserError("pass COMP_DIR or COMP_ZIP, not both")
-    if raw.exists():
-        raise UserError(
-            f"{shown} exists without a {STAMP} stamp (not made by `make download`): "
-            "move it away, then rerun (COMP_DIR=<its new place> copies it back)"
-        )
-    if comp_dir is None and comp_zip is None and comp.source == "local":
-        raise UserError(
-            f"'{comp.name}' is a local competition: pass COMP_DIR=path/to/folder or COMP_ZIP=path.zip"
-        )
-
-    raw.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{comp.name}.", suffix=".tmp", dir=raw.parent))
-    try:
-        files = stage / comp.name
-        if comp_dir is not None:
-            origin = str(comp_dir)
-            _copy_dir(Path(comp_dir), files)
-        elif comp_zip is not None:
-            origin = str(comp_zip)
-            _unzip(Path(comp_zip), files)
-        elif comp.source == "demo":
-            from medalist.demos.text import write_demo  # only the demo needs its generator
-
-            origin = "demo"
-            files.mkdir()
-            write_demo(files)
-        else:
-            origin = f"kaggle:{comp.slug}"
-            archive = stage / f"{comp.slug}.zip"
-            _download_kaggle(comp, archive, backoff_base)
-            _unzip(archive, files, what=f"Kaggle's download for '{comp.slug}'")
-        _check_files(comp, files, origin)
-        stamp = {
-            "source": origin,
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "files": sorted(str(p.relative_to(files)) for p in files.rglob("*") if p.is_file()),
-        }
-        (files / STAMP).write_text(json.dumps(stamp, indent=2) + "\n", encoding="utf-8")
-        os.replace(files, raw)
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
-    print(f"wrote {shown} from {origin}")
+    paths = Paths(comp.name)
+    raw = paths.raw
+    shown = raw.relative_to(C.root())
+    leftovers = [(raw.parent, f".{comp.name}.*.tmp")]
+    with stage_lock(paths, "download", leftovers):
+        if (raw / STAMP).exists():
+            _check_same_source(raw, comp_dir, comp_zip)
+            print(f"{shown} is already complete (`rm -rf {shown}` to download again)")
+            return raw
+        if raw.exists():
+            raise UserError(
+                f"{shown} exists without a {STAMP} stamp (not made by `make download`): "
+                f"move it away or `rm -rf {shown}`, then rerun (COMP_DIR=<its new place> copies it back)"
+            )
+        if comp_dir is None and comp_zip is None and comp.source == "local":
+            raise UserError(
+                f"'{comp.name}' is a local competition: pass COMP_DIR=path/to/folder or COMP_ZIP=path.zip"
+            )
+        raw.parent.mkdir(parents=True, exist_ok=True)
+        stage = Path(tempfile.mkdtemp(prefix=f".{comp.name}.", suffix=".tmp", dir=raw.parent))
+        try:
+            files = stage / comp.name
+            origin = _fetch(comp, comp_dir, comp_zip, stage, files, backoff_base)
+            _validate(comp, files, origin)
+            stamp = {
+                **origin,
+                "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "files": sorted(str(p.relative_to(files)) for p in files.rglob("*") if p.is_file()),
+            }
+            # The stamp goes in before the rename, so the folder appears complete or not at all.
+            (files / STAMP).write_text(json.dumps(stamp, indent=2) + "\n", encoding="utf-8")
+            os.replace(files, raw)
+        finally:
+            shutil.rmtree(stage, ignore_errors=True)
+    print(f"wrote {shown} from {origin['source']}")
     return raw
 
 
-def _copy_dir(src: Path, dst: Path) -> None:
-    if not src.is_dir():
-        raise UserError(f"COMP_DIR={src}: not a folder")
-    shutil.copytree(src, dst)
+def _fetch(comp: Competition, comp_dir: Path | None, comp_zip: Path | None, stage: Path, files: Path,
+           backoff_base: float) -> dict:
+    """Put the source's files into `files`; return what the stamp records about the source."""
+    if comp_dir is not None:
+        origin = _origin_of(comp_dir, None)
+        if not comp_dir.is_dir():
+            raise UserError(f"COMP_DIR={comp_dir}: not a folder")
+        shutil.copytree(comp_dir, files)
+    elif comp_zip is not None:
+        origin = _origin_of(None, comp_zip)
+        _unzip(comp_zip, files, f"COMP_ZIP={comp_zip}")
+    elif comp.source == "demo":
+        from medalist.demos.text import write_demo  # only the demo needs its generator
+
+        origin = {"source": "demo", "fingerprint": None}
+        files.mkdir()
+        write_demo(files)
+    else:
+        origin = {"source": f"kaggle:{comp.slug}", "fingerprint": None}
+        archive = stage / f"{comp.slug}.zip"
+        _download_kaggle(comp, archive, backoff_base)
+        _unzip(archive, files, f"Kaggle's download for '{comp.slug}'")
+    return origin
 
 
-def _unzip(archive: Path, dst: Path, what: str | None = None) -> None:
-    what = what or f"COMP_ZIP={archive}"
-    if not archive.is_file():
-        raise UserError(f"{what}: file not found")
+def _origin_of(comp_dir: Path | None, comp_zip: Path | None) -> dict:
+    """A COMP_DIR / COMP_ZIP as the stamp records it: absolute path and a fingerprint of its
+    files' names, sizes and modification times, so an edited source is noticed without reading it."""
+    path = Path(comp_dir or comp_zip).resolve()
+    what = "COMP_DIR" if comp_dir is not None else "COMP_ZIP"
+    h = hashlib.sha256()
+    if path.is_dir():
+        for p in sorted(path.rglob("*")):
+            if p.is_file():
+                st = p.stat()
+                h.update(f"{p.relative_to(path)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    elif path.is_file():
+        st = path.stat()
+        h.update(f"{st.st_size}\0{st.st_mtime_ns}".encode())
+    return {"source": f"{what}={path}", "fingerprint": h.hexdigest()}
+
+
+def _check_same_source(raw: Path, comp_dir: Path | None, comp_zip: Path | None) -> None:
+    """Data stamped from one COMP_DIR / COMP_ZIP is not silently kept when the user names another."""
+    if comp_dir is None and comp_zip is None:
+        return
+    want = _origin_of(comp_dir, comp_zip)
     try:
-        with zipfile.ZipFile(archive) as zf:
-            zf.extractall(dst)  # extractall drops absolute paths and '..' parts
-    except zipfile.BadZipFile:
-        raise UserError(f"{what}: not a zip file") from None
+        have = json.loads((raw / STAMP).read_text(encoding="utf-8"))
+    except ValueError:
+        have = {}
+    if have.get("source") == want["source"] and have.get("fingerprint") == want["fingerprint"]:
+        return
+    shown = raw.relative_to(C.root())
+    asked = want["source"]
+    if have.get("source") == asked:
+        why = f"{asked} changed since {shown} was made from it on {have.get('time', '?')}"
+    else:
+        why = f"{shown} holds the files from {have.get('source', 'an unknown source')}, not from {asked}"
+    raise UserError(f"{why}: `rm -rf {shown}` and rerun to use {asked}, or leave {asked.split('=')[0]} out to keep them")
 
 
-def _check_files(comp: Competition, files: Path, origin: str) -> None:
-    """A source without train/test/sample_submission must not be stamped complete."""
+def _validate(comp: Competition, files: Path, origin: dict) -> None:
+    """Refuse what `make folds` would refuse, before anything is stamped."""
+    where = origin["source"]
+    if where.startswith("kaggle:"):
+        fix = f"fix configs/competitions/{comp.name}.yaml"
+    else:
+        fix = f"fix the files or configs/competitions/{comp.name}.yaml, then rerun `make download`"
     f = comp.files
     missing = [name for name in (f.train, f.test, f.sample_submission) if not (files / name).is_file()]
     if missing:
         has = sorted(p.name for p in files.iterdir()) if files.is_dir() else []
         raise UserError(
-            f"{origin} has no {', '.join(missing)} (it has: {', '.join(has) or 'nothing'}); "
+            f"{where} has no {', '.join(missing)} (it has: {', '.join(has) or 'nothing'}); "
             f"fix `files:` in configs/competitions/{comp.name}.yaml"
         )
+    try:
+        read_raw(comp, files)
+    except UserError as e:
+        raise UserError(f"{where} was not stored: {e}; {fix}") from None
+
+
+def _unzip(archive: Path, dst: Path, what: str) -> None:
+    if not archive.is_file():
+        raise UserError(f"{what}: file not found")
+    try:
+        with zipfile.ZipFile(archive) as zf:
+            _check_unzip_size(zf, archive.stat().st_size, dst.parent, what)
+            # extractall drops absolute paths and '..' parts, and writes no more than each
+            # member's declared size, so the check above bounds what lands on disk
+            zf.extractall(dst)
+    except zipfile.BadZipFile as e:
+        raise UserError(f"{what}: not a zip file ({e})") from None
+
+
+def _check_unzip_size(zf: zipfile.ZipFile, packed: int, where: Path, what: str) -> None:
+    max_gb, max_ratio = (_limit(name) for name in UNZIP_LIMITS)
+    total = sum(i.file_size for i in zf.infolist())
+    ratio = total / max(packed, 1)
+    if total > max_gb * GIB:
+        raise UserError(
+            f"{what}: unpacks to {total / GIB:.2f} GiB, over the {max_gb:g} GiB limit "
+            "(MEDALIST_UNZIP_MAX_GB=… raises it)"
+        )
+    if ratio > max_ratio:
+        raise UserError(
+            f"{what}: unpacks to {total / GIB:.2f} GiB from {packed / (1 << 20):.2f} MiB, {ratio:.0f} times "
+            f"its size, over the {max_ratio:g}x limit — a zip bomb? (MEDALIST_UNZIP_MAX_RATIO=… raises it)"
+        )
+    free = shutil.disk_usage(where).free
+    if total > free:
+        raise UserError(f"{what}: unpacks to {total / GIB:.2f} GiB, only {free / GIB:.2f} GiB free in {where.relative_to(C.root())}")
+
+
+def _limit(name: str) -> float:
+    text = os.environ.get(name, "")
+    if not text:
+        return UNZIP_LIMITS[name]
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise UserError(f"{name}={text}: must be a positive number")
+    return value
 
 
 def _download_kaggle(comp: Competition, archive: Path, backoff_base: float) -> None:

@@ -2,7 +2,7 @@
 
 Reads   results/<comp>/<run>/oof.csv + test.csv of exactly the runs named (their tta/ files with
         --tta), data/processed/<comp>/train.csv (labels, folds; test.csv for --exact-match),
-        data/raw/<comp>/sample_submission.csv, configs/ensemble.yaml (`ensemble:` section)
+        data/raw/<comp>/sample_submission.csv, configs/ensemble.yaml
 Writes  results/<comp>/ensemble/ — weights.json, oof.csv, test.csv, metrics.json (last: the
         Make target); submission/<comp>/submission.csv (validated) + submission.json
 Run     python -m medalist.stages.ensemble --comp demo --runs "tfidf minilm" [--tta]
@@ -18,21 +18,21 @@ of method is not scored on the rows it was chosen with. oof.csv holds those nest
 from __future__ import annotations
 
 import dataclasses
-import re
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Literal
 
 import numpy as np
 import pandas as pd
 from scipy.optimize import minimize, minimize_scalar
 from scipy.stats import rankdata
 
+from medalist.core.config import AtLeastOne, NonNegative, Paths, Positive, stage_parser, UserError
 from medalist.core import config as C
 from medalist.core.competition import load_competition, write_submission
-from medalist.core.config import Paths, UserError, stage_parser
-from medalist.core.io import prob_columns, probs_of, read_processed, read_run, write_csv, write_json
+from medalist.core.io import align, proba_frame, read_processed, read_run, write_csv, write_json
 from medalist.core.metrics import better, score
+from medalist.text.clean import normalise
 
 Method = Literal["mean", "rank", "caruana", "optimise", "stack"]
 EPS = 1e-12
@@ -41,28 +41,22 @@ EPS = 1e-12
 @dataclasses.dataclass(frozen=True)
 class EnsembleConfig:
     methods: tuple[Method, ...] = ("mean", "rank", "caruana", "optimise", "stack")
-    caruana_iters: int = 100
-    stack_C: float = 1.0
+    caruana_iters: Annotated[int, AtLeastOne] = 100
+    stack_C: Annotated[float, Positive] = 1.0
     multiplier_grid: tuple[float, ...] = (0.5, 0.67, 0.8, 0.9, 1.0, 1.1, 1.25, 1.5, 2.0)
-    multiplier_passes: int = 2
+    multiplier_passes: Annotated[int, AtLeastOne] = 2
     exact_match: bool = False
-    seed: int = 42
+    seed: Annotated[int, NonNegative] = 42
 
     def validate(self, where: str) -> None:
         if not self.methods:
             raise UserError(f"{where}: methods is empty")
-        if self.caruana_iters < 1 or self.stack_C <= 0 or any(g <= 0 for g in self.multiplier_grid):
-            raise UserError(f"{where}: caruana_iters, stack_C and multiplier_grid must be positive")
-
-
-@dataclasses.dataclass(frozen=True)
-class _File:
-    tta: dict[str, Any] = dataclasses.field(default_factory=dict)  # checked by medalist.stages.tta
-    ensemble: EnsembleConfig = EnsembleConfig()
+        if not self.multiplier_grid or any(g <= 0 for g in self.multiplier_grid):
+            raise UserError(f"{where}: multiplier_grid must be a non-empty list of positive numbers")
 
 
 def load_config() -> EnsembleConfig:
-    return C.load(_File, C.configs_dir() / "ensemble.yaml").ensemble
+    return C.load(EnsembleConfig, C.configs_dir() / "ensemble.yaml")
 
 
 # ---------------------------------------------------------------- blending methods
@@ -264,15 +258,12 @@ def _best(scores: dict[str, float], metric: str) -> str:
 # ---------------------------------------------------------------- inputs and outputs
 
 
-def _norm(t: str) -> str:
-    return re.sub(r"\s+", " ", str(t)).strip().lower()
-
-
 def exact_matches(train: pd.DataFrame, test: pd.DataFrame) -> np.ndarray:
-    """For each test row, the majority label of train rows with the same normalised text, or -1."""
-    tr = pd.DataFrame({"t": train["text"].map(_norm), "label": train["label"]})
+    """For each test row, the majority label of train rows with the same normalised text (as
+    `checks` counts them), or -1."""
+    tr = pd.DataFrame({"t": train["text"].map(normalise), "label": train["label"]})
     label_of = tr.groupby("t")["label"].agg(lambda s: s.value_counts().index[0])
-    return test["text"].map(_norm).map(label_of).fillna(-1).astype(int).to_numpy()
+    return test["text"].map(normalise).map(label_of).fillna(-1).astype(int).to_numpy()
 
 
 def load_runs(paths: Paths, runs: list[str], use_tta: bool, train: pd.DataFrame, test_ids: pd.Series):
@@ -283,9 +274,9 @@ def load_runs(paths: Paths, runs: list[str], use_tta: bool, train: pd.DataFrame,
             raise UserError(f"no TTA for run '{r}': {d}/metrics.json missing (run `make tta` first)")
         oof, test, _ = read_run(d)
         try:
-            oofs.append(probs_of(oof.set_index("id").loc[train["id"]]))
-            tests.append(probs_of(test.set_index("id").loc[test_ids]))
-        except KeyError:
+            oofs.append(align(oof, train["id"]))
+            tests.append(align(test, test_ids))
+        except UserError:
             raise UserError(f"run '{r}': oof.csv/test.csv ids differ from data/processed/{paths.comp} "
                             f"(folds were rebuilt?): retrain it with `make train`") from None
         sources[r] = str(d.relative_to(C.root()))
@@ -324,7 +315,7 @@ def run(comp_name: str, runs: list[str], use_tta: bool = False) -> Path:
                          "weights": dict(zip(runs, map(float, fitted["params"]["weights"])))}
 
     matched = 0
-    if cfg.exact_match:
+    if cfg.exact_match and "text" in train.columns:  # a text rule: image-only competitions have none
         lab = exact_matches(train, test)
         hit = lab >= 0
         matched = int(hit.sum())
@@ -340,19 +331,13 @@ def run(comp_name: str, runs: list[str], use_tta: bool = False) -> Path:
     out = paths.results / "ensemble"
     post = {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in final["post"].items()}
 
-    cols = prob_columns(comp.n_classes)
-    oof_df = pd.DataFrame(nested, columns=cols)
-    oof_df.insert(0, "fold", folds)
-    oof_df.insert(0, "id", train["id"].to_numpy())
-    test_df = pd.DataFrame(test_p, columns=cols)
-    test_df.insert(0, "id", test["id"].to_numpy())
     write_json(out / "weights.json", {
         "method": name, "runs": runs, "use_tta": use_tta, "sources": sources,
         "weights": per_method[chosen]["weights"], "postprocess": post,
         "nested_choices": {str(k): v for k, v in cv["choices"].items()}, "methods": per_method,
     })
-    write_csv(out / "oof.csv", oof_df)
-    write_csv(out / "test.csv", test_df)
+    write_csv(out / "oof.csv", proba_frame(train["id"], nested, folds))
+    write_csv(out / "test.csv", proba_frame(test["id"], test_p))
     sub = write_submission(comp, paths.raw, test["id"], test_p, paths.submission / "submission.csv", label, nested_score)
     seconds = time.time() - t0
     write_json(out / "metrics.json", {

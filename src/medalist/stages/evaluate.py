@@ -14,7 +14,7 @@ from sklearn.metrics import precision_recall_fscore_support
 from medalist.core import config as C
 from medalist.core.competition import load_competition
 from medalist.core.config import Paths, UserError, stage_parser
-from medalist.core.io import probs_of, read_processed, read_run, write_text
+from medalist.core.io import align, read_processed, read_run, write_text
 from medalist.core.plots import plot_confusion
 from medalist.core.metrics import higher_is_better
 
@@ -45,8 +45,8 @@ def run(comp_name: str, runs: list[str]) -> Path:
     for r in runs:
         oof, _, m = read_run(paths.run(r))
         try:
-            p = probs_of(oof.set_index("id").loc[train["id"]])
-        except KeyError:
+            p = align(oof, train["id"])
+        except UserError:
             raise UserError(f"run '{r}': oof.csv ids differ from data/processed/{comp.name}: retrain it") from None
         y, pred = train["label"].to_numpy(), p.argmax(axis=1)
         png = plot_confusion(y, pred, labels, r, paths.images / f"confusion_{r}.png")

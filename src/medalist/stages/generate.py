@@ -16,64 +16,51 @@ class probability >= label_threshold. Rows equal or near to a test or train row 
 """
 from __future__ import annotations
 
-import concurrent.futures as cf
 import dataclasses
+from typing import Annotated
 import hashlib
 import json
 import math
-import os
 import re
-import time
 from pathlib import Path
 
 import joblib
 import numpy as np
-import openai
 import pandas as pd
-from tqdm import tqdm
 
+from medalist.core.config import AtLeastOne, Fraction, NonNegative, Paths, Positive, Range, stage_parser, UserError
+from medalist.clients import llm
 from medalist.core import config as C
 from medalist.core import generated
 from medalist.core.competition import Competition, load_competition
-from medalist.core.config import Paths, UserError, stage_parser
 from medalist.core.io import read_processed, write_csv, write_json
-
-DEFAULT_BASE_URL = "http://localhost:8000/v1"
+from medalist.text.clean import normalise
+from medalist.text.dedup import near_duplicates, near_duplicates_within
 
 
 @dataclasses.dataclass(frozen=True)
 class GenerateConfig:
     model: str  # the name the server serves, e.g. Qwen/Qwen2.5-7B-Instruct
-    seed: int = 42
-    target_fraction: float = 0.5  # fill each class up to this fraction of the largest class
-    max_per_class: int = 300  # at most this many new rows per class
-    oversample: float = 1.5  # ask for this many times the target: the filters drop some
-    per_request: int = 10  # problems asked for in one request
-    few_shot: int = 5  # examples per prompt, all training rows of one fold
-    temperature: float = 0.9
-    top_p: float = 0.95
-    max_tokens: int = 2048
-    concurrency: int = 4  # requests in flight at once
-    retries: int = 5  # on 429, 5xx and timeouts
-    retry_base_delay: float = 2.0  # seconds before the first retry; doubles each time
-    timeout: float = 120.0  # seconds per request
-    min_chars: int = 20
-    max_chars: int = 2000
-    near_dup_ngram: int = 5  # character n-grams for the near-duplicate Jaccard
-    near_dup_threshold: float = 0.8
-    label_threshold: float = 0.5  # fold-k model's probability of the intended class
+    seed: Annotated[int, NonNegative] = 42
+    target_fraction: Annotated[float, Range(gt=0, le=1)] = 0.5  # fill each class up to this fraction of the largest class
+    max_per_class: Annotated[int, AtLeastOne] = 300  # at most this many new rows per class
+    oversample: Annotated[float, Range(ge=1)] = 1.5  # ask for this many times the target: the filters drop some
+    per_request: Annotated[int, AtLeastOne] = 10  # problems asked for in one request
+    few_shot: Annotated[int, AtLeastOne] = 5  # examples per prompt, all training rows of one fold
+    temperature: Annotated[float, Range(ge=0, le=2)] = 0.9
+    top_p: Annotated[float, Range(gt=0, le=1)] = 0.95
+    max_tokens: Annotated[int, AtLeastOne] = 2048
+    concurrency: Annotated[int, AtLeastOne] = 4  # requests in flight at once
+    retries: Annotated[int, NonNegative] = 5  # on 429, 5xx and timeouts
+    retry_base_delay: Annotated[float, NonNegative] = 2.0  # seconds before the first retry; doubles each time
+    timeout: Annotated[float, Positive] = 120.0  # seconds per request
+    min_chars: Annotated[int, NonNegative] = 20
+    max_chars: Annotated[int, AtLeastOne] = 2000
+    near_dup_ngram: Annotated[int, AtLeastOne] = 5  # character n-grams for the near-duplicate Jaccard
+    near_dup_threshold: Annotated[float, Range(gt=0, le=1)] = 0.8
+    label_threshold: Annotated[float, Fraction] = 0.5  # fold-k model's probability of the intended class
     system_prompt: str = ("You write new, original competition math problems for a labelled "
                           "dataset. Answer with a JSON list of strings and nothing else.")
-
-    def validate(self, where: str) -> None:
-        if not 0 < self.target_fraction <= 1 or self.oversample < 1:
-            raise UserError(f"{where}: target_fraction must lie in (0, 1] and oversample be >= 1")
-        if min(self.per_request, self.few_shot, self.concurrency, self.max_tokens) < 1:
-            raise UserError(f"{where}: per_request, few_shot, concurrency and max_tokens must be >= 1")
-        if self.retries < 0 or self.retry_base_delay < 0 or self.timeout <= 0:
-            raise UserError(f"{where}: retries and retry_base_delay must be >= 0, timeout > 0")
-        if not 0 <= self.label_threshold <= 1 or not 0 < self.near_dup_threshold <= 1:
-            raise UserError(f"{where}: label_threshold and near_dup_threshold must lie in [0, 1]")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,7 +73,11 @@ class Request:
 
     @property
     def key(self) -> str:
-        return hashlib.sha256(json.dumps(self.body, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+        return llm.request_key(self.body)
+
+    @property
+    def meta(self) -> dict:  # kept in the cache beside the answer
+        return {"label": self.label, "fold": self.fold, "index": self.index, "example_ids": list(self.example_ids)}
 
 
 def load_config() -> GenerateConfig:
@@ -132,112 +123,6 @@ def plan(cfg: GenerateConfig, comp: Competition, train: pd.DataFrame, want: dict
             )
             requests.append(Request(c, f, r, tuple(ex["id"]), body))
     return requests
-
-
-# ---------------------------------------------------------------- cache
-
-
-def read_cache(path: Path) -> dict[str, dict]:
-    """key → cached entry; a line cut short by an interrupted run is ignored."""
-    out = {}
-    if path.exists():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                entry = json.loads(line)
-                out[entry["key"]] = entry
-            except (json.JSONDecodeError, KeyError, TypeError):
-                continue
-    return out
-
-
-def append_cache(path: Path, entry: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+", encoding="utf-8") as f:
-        f.seek(0, os.SEEK_END)
-        if f.tell():
-            f.seek(f.tell() - 1)
-            if f.read(1) != "\n":  # the previous run died mid-line
-                f.write("\n")
-        f.write(json.dumps(entry, ensure_ascii=False) + "\n")
-        f.flush()
-
-
-# ---------------------------------------------------------------- calling the server
-
-
-def make_client(cfg: GenerateConfig) -> tuple[openai.OpenAI, str]:
-    base_url = os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL
-    key = os.environ.get("OPENAI_API_KEY") or "EMPTY"
-    # Our own retries (below) know which errors are worth retrying and log nothing secret.
-    return openai.OpenAI(base_url=base_url, api_key=key, max_retries=0, timeout=cfg.timeout), base_url
-
-
-def call(client: openai.OpenAI, base_url: str, cfg: GenerateConfig, body: dict) -> dict:
-    """One chat completion with exponential backoff on 429, 5xx and timeouts."""
-    for attempt in range(cfg.retries + 1):
-        try:
-            resp = client.chat.completions.create(**body)
-            usage = resp.usage.model_dump() if resp.usage else {}
-            return {"content": resp.choices[0].message.content or "",
-                    "finish_reason": resp.choices[0].finish_reason,
-                    "usage": {k: usage.get(k) or 0 for k in ("prompt_tokens", "completion_tokens", "total_tokens")}}
-        except openai.APITimeoutError:
-            err = f"timed out after {cfg.timeout:g}s"
-        except openai.APIConnectionError:
-            raise UserError(f"cannot reach the LLM server at {base_url}: start it or set OPENAI_BASE_URL") from None
-        except openai.APIStatusError as e:
-            if e.status_code in (401, 403):
-                raise UserError(f"the LLM server at {base_url} refused the API key ({e.status_code}): "
-                                "set OPENAI_API_KEY") from None
-            if e.status_code == 404:
-                raise UserError(f"the LLM server at {base_url} does not serve model '{cfg.model}' (404): "
-                                "fix `model` in configs/generate.yaml") from None
-            if e.status_code != 429 and e.status_code < 500:
-                raise UserError(f"the LLM server at {base_url} rejected the request ({e.status_code}): "
-                                f"{_one_line(e.message)}") from None
-            err = f"HTTP {e.status_code}"
-        if attempt < cfg.retries:
-            time.sleep(cfg.retry_base_delay * 2 ** attempt)
-    raise UserError(f"the LLM server at {base_url} kept failing ({err}) after {cfg.retries} retries; try again later")
-
-
-def _one_line(text: str) -> str:
-    return " ".join(str(text).split())[:200]
-
-
-def fetch(cfg: GenerateConfig, requests: list[Request], cache_path: Path) -> tuple[dict[str, dict], dict]:
-    """Answers for every request, from the cache or the server; new answers are appended to the
-    cache as they arrive, so an interrupted run resumes where it stopped."""
-    cache = read_cache(cache_path)
-    todo = [r for r in requests if r.key not in cache]
-    todo = list({r.key: r for r in todo}.values())
-    sent = {"requests_planned": len(requests), "requests_cached": len(requests) - len(todo), "requests_sent": 0,
-            "usage_sent": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}}
-    if todo:
-        client, base_url = make_client(cfg)
-        print(f"generate: {len(todo)} requests to {base_url} ({sent['requests_cached']} cached)")
-
-        def keep(r: Request, response: dict) -> None:
-            entry = {"key": r.key, "request": r.body, "response": response,
-                     "meta": {"label": r.label, "fold": r.fold, "index": r.index, "example_ids": list(r.example_ids)}}
-            append_cache(cache_path, entry)
-            cache[r.key] = entry
-            sent["requests_sent"] += 1
-            for k, v in response["usage"].items():
-                sent["usage_sent"][k] += v
-
-        # The first request alone: a wrong key or a dead server is one line, before any bar.
-        keep(todo[0], call(client, base_url, cfg, todo[0].body))
-        with cf.ThreadPoolExecutor(cfg.concurrency) as pool:
-            futures = {pool.submit(call, client, base_url, cfg, r.body): r for r in todo[1:]}
-            try:
-                for fut in tqdm(cf.as_completed(futures), total=len(todo), initial=1, desc="generate", unit="req"):
-                    keep(futures[fut], fut.result())
-            except BaseException:
-                for f in futures:
-                    f.cancel()
-                raise
-    return cache, sent
 
 
 # ---------------------------------------------------------------- parsing and filtering
@@ -309,18 +194,18 @@ def build_rows(cfg: GenerateConfig, comp: Competition, requests: list[Request], 
         counts[name] += int(bad.sum())
     df = df[(n >= max(cfg.min_chars, 1)) & (n <= cfg.max_chars)].reset_index(drop=True)
 
-    keys = df["text"].map(generated.dup_key)
+    keys = pd.Series([normalise(t, ignore_spacing=True) for t in df["text"]], dtype=object)
     for ref, name in ((test, "test"), (train, "train")):
-        exact = keys.isin(set(ref["text"].map(generated.dup_key))).to_numpy()
-        near = ~exact & generated.near_duplicates(df["text"].tolist(), ref["text"].tolist(),
-                                                  cfg.near_dup_threshold, cfg.near_dup_ngram)
+        exact = keys.isin({normalise(t, ignore_spacing=True) for t in ref["text"]}).to_numpy()
+        near = ~exact & near_duplicates(df["text"].tolist(), ref["text"].tolist(),
+                                        cfg.near_dup_threshold, cfg.near_dup_ngram)
         counts[f"duplicate_{name}"] += int(exact.sum())
         counts[f"near_duplicate_{name}"] += int(near.sum())
         df, keys = df[~(exact | near)].reset_index(drop=True), keys[~(exact | near)].reset_index(drop=True)
     exact = keys.duplicated().to_numpy()
     counts["duplicate_within"] += int(exact.sum())
     df = df[~exact].reset_index(drop=True)
-    near = generated.near_duplicates_within(df["text"].tolist(), cfg.near_dup_threshold, cfg.near_dup_ngram)
+    near = near_duplicates_within(df["text"].tolist(), cfg.near_dup_threshold, cfg.near_dup_ngram)
     counts["near_duplicate_within"] += int(near.sum())
     df = df[~near].reset_index(drop=True)
 
@@ -354,7 +239,8 @@ def run(comp_name: str) -> Path:
     want = targets(cfg, train["label"], comp.n_classes)
     requests = plan(cfg, comp, train, want)
     print(f"generate: targets {[f'{comp.labels[c]}: {t}' for c, t in want.items() if t]}, {len(requests)} requests")
-    cache, sent = fetch(cfg, requests, paths.generated / "llm_cache.jsonl")
+    client = llm.LLMClient(cfg.timeout, cfg.retries, cfg.retry_base_delay)
+    cache, sent = llm.fetch(client, requests, paths.generated / "llm_cache.jsonl", cfg.concurrency, "generate")
     rows, stats = build_rows(cfg, comp, requests, cache, train, test, models, want)
     write_csv(paths.generated / "llm.csv", rows)
     stats = {"model": cfg.model, "targets": {comp.labels[c]: t for c, t in want.items()}, **sent, **stats,

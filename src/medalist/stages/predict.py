@@ -15,12 +15,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from medalist.core import config as C
 from medalist.core.competition import load_competition, write_submission
 from medalist.core.config import Paths, UserError, stage_parser
-from medalist.core.io import prob_columns, read_json, read_processed, write_csv
+from medalist.core.io import proba_frame, read_json, read_processed, write_csv
 from medalist.models.registry import load_run_predictor
 
 
@@ -31,7 +30,6 @@ def run(comp_name: str, run: str, ckpt: str | Path | None = None) -> Path:
     if not (run_dir / "config.yaml").exists():
         raise UserError(f"no run '{run}' in {paths.results}: train it first (make train MODELS={run})")
     _, test = read_processed(paths)
-    texts = test["text"].tolist()
     metrics = read_json(run_dir / "metrics.json") if (run_dir / "metrics.json").exists() else None
     if ckpt is not None:
         ckpt = Path(ckpt)
@@ -46,13 +44,12 @@ def run(comp_name: str, run: str, ckpt: str | Path | None = None) -> Path:
         folds = sorted(int(p.parent.name[4:]) for p in run_dir.glob("fold*/done.json"))
         predictors = [load_run_predictor(run_dir, k, comp.n_classes) for k in folds]
         source = f"{len(folds)} folds"
-    print(f"[{run}] predicting {len(texts)} test rows from {source}", flush=True)
-    proba = np.mean([p(texts) for p in predictors], axis=0)
+    print(f"[{run}] predicting {len(test)} test rows from {source}", flush=True)
+    from tqdm.auto import tqdm
 
-    cols = prob_columns(comp.n_classes)
-    out = pd.DataFrame(proba, columns=cols)
-    out.insert(0, "id", test["id"].to_numpy())
-    write_csv(run_dir / "predict_test.csv", out)
+    proba = np.mean([p(test) for p in tqdm(predictors, desc=f"[{run}] predicting", unit="fold",
+                                           disable=len(predictors) < 2)], axis=0)
+    write_csv(run_dir / "predict_test.csv", proba_frame(test["id"], proba))
     # the run's OOF score describes the fold average only; one checkpoint has no CV of its own
     cv = metrics["oof_score"] if metrics is not None and ckpt is None else None
     sub_path = write_submission(comp, paths.raw, test["id"], proba, paths.submission / f"{run}.csv", run, cv)

@@ -1,18 +1,22 @@
-"""`make report RUNS="…"`: one self-contained HTML page (and its Markdown twin) about a competition.
+"""`make report RUNS="…"`: one self-contained HTML page (and its Markdown twin) about a competition,
+then a short summary of what the pipeline produced on stdout (the last thing `make all` prints).
 
 Reads   results/<comp>/checks.md + images/<comp>/checks_*.png (if present), each run's
-        metrics.json (+ tta/metrics.json), results/<comp>/ensemble/ (if present),
-        data/processed/<comp>/train.csv, submission/<comp>/ledger.csv (if present)
+        metrics.json (+ tta/metrics.json) and fold<k>/done.json (per-epoch history), its TensorBoard
+        events under logs/<comp>/<run>/fold<k>/ (if present), results/<comp>/ensemble/ (if present),
+        data/processed/<comp>/train.csv, submission/<comp>/submission.csv checked against
+        data/raw/<comp>/sample_submission.csv, submission/<comp>/ledger.csv (if present),
+        $MEDALIST_MAKE_START (the Makefile's start time, for the wall time; optional)
 Writes  results/<comp>/report.html (images inlined as base64, inline CSS, no script, nothing loaded
-        from outside; every text from the data HTML-escaped), results/<comp>/report.md, and
+        from outside; every text from the data HTML-escaped), results/<comp>/report.md,
+        images/<comp>/curves_<run>.png for each run that logged epochs, and
         images/<comp>/confusion_ensemble.png when the ensemble has none yet
 Run     python -m medalist.stages.report --comp demo --runs "tfidf minilm"
 """
 from __future__ import annotations
 
-import base64
-import dataclasses
-import html
+import os
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -20,90 +24,15 @@ import numpy as np
 import pandas as pd
 
 from medalist.core import config as C
-from medalist.core.competition import load_competition
+from medalist.core.competition import Competition, load_competition, read_sample, validate_submission
 from medalist.core.config import Paths, UserError, stage_parser
-from medalist.core.io import probs_of, read_json, read_processed, read_run, write_text
+from medalist.core.io import align, read_csv, read_json, read_processed, read_run, write_text
 from medalist.core.metrics import higher_is_better
+from medalist.core.plots import pyplot, save_figure
+from medalist.stages.report_html import Page, Table
 
 MISTAKES_PER_CLASS = 3
 TEXT_CHARS = 300
-
-CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
-table{border-collapse:collapse;margin:.5em 0 1.5em}th,td{border:1px solid #ccc;padding:.3em .6em;font-size:.9em;vertical-align:top}
-th{background:#f2f2f2}td.num{text-align:right;font-variant-numeric:tabular-nums}
-pre{background:#f7f7f7;padding:.8em;overflow-x:auto;white-space:pre-wrap}img{max-width:100%}
-.muted{color:#777}
-"""
-
-
-@dataclasses.dataclass
-class Table:
-    headers: list[str]
-    rows: list[list[object]]
-
-    def md(self) -> str:
-        cell = lambda v: str(v).replace("|", "\\|").replace("\n", " ")  # noqa: E731
-        out = ["| " + " | ".join(map(cell, self.headers)) + " |", "|" + "---|" * len(self.headers)]
-        out += ["| " + " | ".join(cell(v) for v in r) + " |" for r in self.rows]
-        return "\n".join(out)
-
-    def html(self) -> str:
-        def td(v):
-            cls = ' class="num"' if isinstance(v, (int, float, np.number)) or _numeric(v) else ""
-            return f"<td{cls}>{html.escape(str(v))}</td>"
-
-        head = "".join(f"<th>{html.escape(str(h))}</th>" for h in self.headers)
-        body = "".join("<tr>" + "".join(td(v) for v in r) + "</tr>" for r in self.rows)
-        return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
-def _numeric(v) -> bool:
-    try:
-        float(str(v).lstrip("+"))
-        return True
-    except ValueError:
-        return False
-
-
-class Page:
-    """Builds report.md and report.html side by side, so both always say the same thing."""
-
-    def __init__(self, md_dir: Path):
-        self.md: list[str] = []
-        self.html: list[str] = []
-        self.md_dir = md_dir
-
-    def heading(self, text: str, level: int = 2) -> None:
-        self.md.append("#" * level + " " + text)
-        self.html.append(f"<h{level}>{html.escape(text)}</h{level}>")
-
-    def para(self, text: str, muted: bool = False) -> None:
-        self.md.append(text)
-        cls = ' class="muted"' if muted else ""
-        self.html.append(f"<p{cls}>{html.escape(text)}</p>")
-
-    def pre(self, text: str) -> None:
-        self.md.append(text)
-        self.html.append(f"<pre>{html.escape(text)}</pre>")
-
-    def table(self, t: Table) -> None:
-        self.md.append(t.md())
-        self.html.append(t.html())
-
-    def image(self, path: Path, alt: str) -> None:
-        rel = Path(*([".."] * len(self.md_dir.relative_to(C.root()).parts)), path.relative_to(C.root()))
-        self.md.append(f"![{alt}]({rel.as_posix()})")
-        data = base64.b64encode(path.read_bytes()).decode("ascii")
-        self.html.append(f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">')
-
-    def render(self, title: str) -> tuple[str, str]:
-        md = "\n\n".join([f"# {title}", *self.md]) + "\n"
-        body = "\n".join(self.html)
-        page = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-                f"<title>{html.escape(title)}</title><style>{CSS}</style></head>\n"
-                f"<body><h1>{html.escape(title)}</h1>\n{body}\n</body></html>\n")
-        return md, page
 
 
 def _f(x, fmt: str = ".4f") -> str:
@@ -122,13 +51,16 @@ def _checks(page: Page, paths: Paths) -> None:
     page.heading("Data checks")
     md = paths.results / "checks.md"
     if md.exists():
-        # its picture links are dropped here: the pictures themselves follow, inlined
-        text = "\n".join(line for line in md.read_text(encoding="utf-8").splitlines() if not line.startswith("!["))
-        page.pre(text.strip())
+        page.markdown(md.read_text(encoding="utf-8"), below=2)
     else:
         page.para(f"No checks yet: run `make check COMP={paths.comp}`.", muted=True)
     for png in sorted(paths.images.glob("checks_*.png")):
         page.image(png, png.stem)
+
+
+def _tta(paths: Paths, run: str) -> dict | None:
+    path = paths.run(run) / "tta" / "metrics.json"
+    return read_json(path) if path.exists() else None
 
 
 def _runs(page: Page, paths: Paths, runs: list[str], metric: str) -> dict[str, dict]:
@@ -138,8 +70,7 @@ def _runs(page: Page, paths: Paths, runs: list[str], metric: str) -> dict[str, d
     rows = []
     for r in order:
         m = metrics[r]
-        tta = paths.run(r) / "tta" / "metrics.json"
-        t = read_json(tta) if tta.exists() else None
+        t = _tta(paths, r)
         rows.append([r + ("*" if m.get("optimistic") else ""), _f(m["oof_score"]), _f(m.get("fold_std")),
                      _f(m.get("train_seconds"), ".1f"), _f(m.get("peak_rss_mb"), ".0f"),
                      _f(m.get("train_samples_per_s"), ".1f"),
@@ -149,6 +80,104 @@ def _runs(page: Page, paths: Paths, runs: list[str], metric: str) -> dict[str, d
     page.para("* best epoch picked on the validation fold (optimistic). TTA gain = TTA OOF − plain OOF "
               "from each run's saved fold weights; TTA is used only where it helps.", muted=True)
     return metrics
+
+
+Curves = dict[str, dict[str, tuple[list, list]]]  # "fold 0" → {"loss": (x, y), "metric": (x, y)}
+
+
+def _fold_dirs(parent: Path, done_in: Path) -> list[tuple[int, Path]]:
+    """parent/fold<k> in fold order, for the folds the run finished (done_in/fold<k>/done.json):
+    logs left by an older layout of folds are not this run's."""
+    out = []
+    for d in parent.glob("fold*"):
+        if d.name[4:].isdigit() and (done_in / d.name / "done.json").exists():
+            out.append((int(d.name[4:]), d))
+    return sorted(out)
+
+
+def _event_curves(paths: Paths, run: str, metric: str) -> Curves:
+    """From TensorBoard events (x: optimizer steps): `train/loss` per step, `val/<metric>` per epoch.
+    Several seeds of a fold log into fold<k>/seed<s>/ and are drawn as lines of their own."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    curves: Curves = {}
+    for k, fold_dir in _fold_dirs(paths.logs / run, paths.run(run)):
+        dirs = [(f"fold {k}", fold_dir)] + [(f"fold {k} seed {d.name[4:]}", d)
+                                            for d in sorted(fold_dir.glob("seed*")) if d.is_dir()]
+        for label, d in dirs:
+            if not any(d.glob("events.out.tfevents.*")):
+                continue
+            acc = EventAccumulator(str(d), size_guidance={"scalars": 0})  # 0: keep every point
+            acc.Reload()
+            tags = set(acc.Tags().get("scalars", []))
+            found = {}
+            for key, wanted in (("loss", ("train/loss", "train/epoch_loss")), ("metric", (f"val/{metric}",))):
+                tag = next((t for t in wanted if t in tags), None)
+                if tag:
+                    events = acc.Scalars(tag)
+                    found[key] = ([e.step for e in events], [e.value for e in events])
+            if found:
+                curves[label] = found
+    return curves
+
+
+def _history_curves(paths: Paths, run: str, metric: str) -> Curves:
+    """From the per-epoch history the neural families keep in fold<k>/done.json (x: epochs)."""
+    curves: Curves = {}
+    run_dir = paths.run(run)
+    for k, fold_dir in _fold_dirs(run_dir, run_dir):
+        info = read_json(fold_dir / "done.json").get("info") or {}
+        seeds = info.get("per_seed") or [info]
+        for s in seeds:
+            hist = s.get("history") or []
+            if not hist:
+                continue
+            epochs = [h["epoch"] for h in hist]
+            found = {"loss": (epochs, [h["loss"] for h in hist])}
+            if all(metric in h for h in hist):
+                found["metric"] = (epochs, [h[metric] for h in hist])
+            curves[f"fold {k}" + (f" seed {s.get('seed')}" if len(seeds) > 1 else "")] = found
+    return curves
+
+
+def run_curves(paths: Paths, run: str, metric: str) -> tuple[Curves, str]:
+    """A run's training curves and their x unit: TensorBoard's where they cover as many folds as the
+    done.json histories (finer: a loss point per step), else the histories (folds trained on another
+    host leave no events here)."""
+    events, history = _event_curves(paths, run, metric), _history_curves(paths, run, metric)
+    if events and len(events) >= len(history):
+        return events, "optimizer step"
+    return history, "epoch"
+
+
+def plot_curves(curves: Curves, unit: str, run: str, metric: str, out: Path) -> Path:
+    """One small picture: training loss and validation metric, a line per fold, same colour in both."""
+    plt = pyplot()
+    panels = [("loss", "training loss")] + ([("metric", f"validation {metric}")]
+                                            if any("metric" in c for c in curves.values()) else [])
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 2.8), squeeze=False)
+    for ax, (key, title) in zip(axes[0], panels):
+        for i, (label, c) in enumerate(curves.items()):
+            if key in c:
+                x, y = c[key]
+                ax.plot(x, y, color=f"C{i % 10}", lw=1, marker="o" if len(x) <= 20 else None, ms=3, label=label)
+        ax.set_title(f"{run}: {title}", fontsize=9)
+        ax.set_xlabel(unit, fontsize=8)
+        ax.tick_params(labelsize=7)
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    return save_figure(fig, out, dpi=80)
+
+
+def _curves(page: Page, paths: Paths, runs: list[str], metric: str) -> None:
+    page.heading("Training curves")
+    for r in runs:
+        curves, unit = run_curves(paths, r, metric)
+        if curves:
+            page.image(plot_curves(curves, unit, r, metric, paths.images / f"curves_{r}.png"), f"training curves {r}")
+        else:
+            page.para(f"{r}: no training curves (it logged no epochs: a one-pass fit such as tfidf or embed).",
+                      muted=True)
 
 
 def _ensemble(page: Page, paths: Paths, metric: str) -> dict | None:
@@ -186,7 +215,7 @@ def _best_predictions(paths: Paths, runs, metrics, ens, metric, train) -> tuple[
     else:
         name = sorted(runs, key=lambda r: metrics[r]["oof_score"], reverse=higher_is_better(metric))[0]
         oof, _, _ = read_run(paths.run(name))
-    return name, probs_of(oof.set_index("id").loc[train["id"]])
+    return name, align(oof, train["id"])
 
 
 def _confusion(page: Page, paths: Paths, name: str, proba: np.ndarray, y, labels) -> None:
@@ -205,14 +234,15 @@ def _mistakes(page: Page, name: str, proba: np.ndarray, train: pd.DataFrame, lab
     y = train["label"].to_numpy()
     pred = proba.argmax(axis=1)
     conf = proba.max(axis=1)
+    shown = "text" if "text" in train.columns else "image"  # what a reader recognises a row by
     rows = []
     for c, lab in enumerate(labels):
         wrong = np.flatnonzero((y == c) & (pred != c))
         for i in wrong[np.argsort(-conf[wrong], kind="stable")][:MISTAKES_PER_CLASS]:
             rows.append([lab, labels[pred[i]], _f(conf[i], ".3f"), _f(proba[i, c], ".3f"),
-                         train["id"].iloc[i], _short(train["text"].iloc[i])])
+                         train["id"].iloc[i], _short(train[shown].iloc[i])])
     if rows:
-        page.table(Table(["true", "predicted", "p(predicted)", "p(true)", "id", "text"], rows))
+        page.table(Table(["true", "predicted", "p(predicted)", "p(true)", "id", shown], rows))
     else:
         page.para("No OOF mistakes.")
 
@@ -229,6 +259,53 @@ def _ledger(page: Page, paths: Paths) -> None:
                      led[cols].to_numpy().tolist()))
 
 
+def _submission_status(comp: Competition, paths: Paths, sub: Path) -> str:
+    """Checked here again, by the validator `make submit` runs, as it lies on disk now."""
+    if not sub.exists():
+        return f"not written (make ensemble COMP={comp.name})"
+    try:
+        df = read_csv(sub, sub.name, dtype={comp.submission.id_column: str})
+        validate_submission(comp, read_sample(comp, paths.raw), df)
+    except UserError as e:
+        return f"INVALID: {e}"
+    return f"valid against {comp.files.sample_submission} ({len(df)} rows)"
+
+
+def _wall_time() -> str | None:
+    """Seconds since the Makefile's MEDALIST_MAKE_START (absent outside make: no wall time)."""
+    start = os.environ.get("MEDALIST_MAKE_START", "")
+    if not start.isdigit():
+        return None
+    s = max(0, int(time.time()) - int(start))
+    h, rest = divmod(s, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}h {m:02d}m {s:02d}s" if h else f"{m}m {s:02d}s" if m else f"{s}s"
+
+
+def summary(comp: Competition, paths: Paths, runs: list[str], metrics: dict[str, dict], ens: dict | None,
+            report: Path) -> str:
+    """The few lines that say what was produced: the last thing a finished `make all` prints."""
+    metric = comp.metric
+    sub = paths.submission / "submission.csv"
+    rows = [("submission", f"{sub.relative_to(C.root())}  {_submission_status(comp, paths, sub)}")]
+    if ens is None:
+        rows.append(("ensemble", f"none (make ensemble COMP={comp.name})"))
+    else:
+        rows.append(("ensemble", f"{ens['method']}{' on TTA predictions' if ens.get('use_tta') else ''}, "
+                                 f"nested CV {metric} {ens['nested_score']:.4f}"))
+    for r in sorted(runs, key=lambda r: metrics[r]["oof_score"], reverse=higher_is_better(metric)):
+        t = _tta(paths, r)
+        used = t is not None and t["use_tta"] and ens is not None and ens.get("use_tta") and r in ens["runs"]
+        rows.append((f"run {r}", f"OOF {metric} {metrics[r]['oof_score']:.4f}"
+                                 + (f"  TTA {t['gain']:+.4f}" if used else "")))
+    rows.append(("report", str(report.relative_to(C.root()))))
+    wall = _wall_time()
+    if wall:
+        rows.append(("wall time", wall))
+    width = max(len(k) for k, _ in rows)
+    return "\n".join([f"== {comp.name}: done =="] + [f"{k:<{width}}  {v}" for k, v in rows])
+
+
 def run(comp_name: str, runs: list[str]) -> Path:
     comp = load_competition(comp_name)
     paths = Paths(comp.name)
@@ -241,6 +318,7 @@ def run(comp_name: str, runs: list[str]) -> Path:
               f"at commit {C.git_sha()}.", muted=True)
     _checks(page, paths)
     metrics = _runs(page, paths, runs, comp.metric)
+    _curves(page, paths, runs, comp.metric)
     ens = _ensemble(page, paths, comp.metric)
     name, proba = _best_predictions(paths, runs, metrics, ens, comp.metric, train)
     _confusion(page, paths, name, proba, train["label"].to_numpy(), labels)
@@ -249,7 +327,7 @@ def run(comp_name: str, runs: list[str]) -> Path:
     md, page_html = page.render(f"medalist report — {comp.name}")
     write_text(paths.results / "report.md", md)
     out = write_text(paths.results / "report.html", page_html)
-    print(f"[report] wrote {out.relative_to(C.root())}")
+    print(summary(comp, paths, runs, metrics, ens, out))
     return out
 
 

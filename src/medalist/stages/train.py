@@ -8,12 +8,15 @@ Writes  results/<comp>/<run>/ — config.yaml, fold<k>/ (weights + val.csv, test
 Run     python -m medalist.stages.train --comp demo --model tfidf
         accelerate launch --config_file accelerate_config.yaml -m medalist.stages.train … (neural models)
 
+Each fold hands the family rows (FoldData): id plus the processed columns the model config's
+`inputs` names (default [text]), which the competition must declare; metrics.json records them.
 A killed run restarts at the first unfinished fold; a fold whose done.json carries another
 config hash is retrained. A --folds subset trains and scores those folds only and leaves the
 run unfinished, so a later full run reuses them.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import time
@@ -25,8 +28,10 @@ import pandas as pd
 from medalist.core import config as C
 from medalist.core.competition import load_competition
 from medalist.core.config import Paths, UserError, stage_parser
-from medalist.core.io import prob_columns, read_json, read_processed, write_csv, write_json, write_text
+from medalist.core.io import align, proba_frame, read_json, read_processed, write_csv, write_json, write_text
+from medalist.core.locks import stage_lock
 from medalist.core.metrics import score
+from medalist.core.runtime import current_threads
 from medalist.models import FoldData
 from medalist.models.registry import load_model_config
 
@@ -63,6 +68,7 @@ def run(comp_name: str, model: str, use_gen: bool = False, folds: list[int] | No
     run_dir = paths.run(name)
     state = _state()
     train, test = read_processed(paths)
+    cols = ["id", *_inputs(comp, model, cfg, train, use_gen)]
     gen = read_generated(paths) if use_gen else None
 
     resolved = {"run": name, "competition": comp.name, "use_gen": use_gen, "model": C.to_dict(cfg)}
@@ -75,78 +81,90 @@ def run(comp_name: str, model: str, use_gen: bool = False, folds: list[int] | No
     if state.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_text(run_dir / "config.yaml", _yaml(resolved))
-    max_rows = getattr(cfg, "max_train_rows", None)
 
-    for k in todo:
-        fold_dir = run_dir / f"fold{k}"
-        done = fold_dir / "done.json"
-        if done.exists() and read_json(done).get("config_hash") == cfg_hash:
-            if state.is_main_process:
-                print(f"[{name}] fold {k}: done, skipped ({read_json(done)['score']:.4f})")
-            continue
-        tr = train[train["fold"] != k]
-        if max_rows and len(tr) > max_rows:
-            tr = tr.sample(n=max_rows, random_state=cfg.seed)
-        va = train[train["fold"] == k]
-        n_gen: dict[str, int] = {}
-        texts, labels = tr["text"].tolist(), tr["label"].to_numpy()
-        if gen is not None:
-            g = _gen_for_fold(gen, k)
-            n_gen = {str(s): int(c) for s, c in g["source"].value_counts().sort_index().items()}
-            texts += g["text"].tolist()
-            labels = np.concatenate([labels, g["label"].to_numpy(dtype=int)])
-        fold = FoldData(
-            fold=k, n_classes=comp.n_classes, train_texts=texts, train_labels=labels,
-            val_ids=va["id"].tolist(), val_texts=va["text"].tolist(), val_labels=va["label"].to_numpy(),
-            test_ids=test["id"].tolist(), test_texts=test["text"].tolist(), metric=comp.metric,
-            log_dir=paths.logs / name / f"fold{k}",
-        )
-        t0 = time.time()
-        res = mod.fit_fold(cfg, fold, fold_dir)
-        seconds = time.time() - t0
-        if state.is_main_process:
-            s = score(comp.metric, fold.val_labels, res.val_proba)
-            cols = prob_columns(comp.n_classes)
-            val_df = pd.DataFrame(res.val_proba, columns=cols)
-            val_df.insert(0, "fold", k)
-            val_df.insert(0, "id", fold.val_ids)
-            test_df = pd.DataFrame(res.test_proba, columns=cols)
-            test_df.insert(0, "id", fold.test_ids)
-            write_csv(fold_dir / "val.csv", val_df)
-            write_csv(fold_dir / "test.csv", test_df)
-            write_json(done, {"config_hash": cfg_hash, "fold": k, "score": s, "seconds": seconds,
-                              "n_train": len(tr), "n_generated": n_gen, "peak_rss_mb": C.peak_rss_mb(),
-                              "info": res.info})
-            print(f"[{name}] fold {k}: {comp.metric} {s:.4f}  ({seconds:.1f}s, {len(texts)} train rows)")
+    # one process per run at a time; what a killed one left (half-written weights) goes first.
+    # Under accelerate only the main process locks; the others wait for it at the barrier.
+    lock = (stage_lock(paths, f"train-{name}", [(run_dir, "fold*/.*.tmp"), (run_dir, ".*.tmp")])
+            if state.is_main_process else contextlib.nullcontext())
+    with lock:
         state.wait_for_everyone()
+        for k in todo:
+            fold_dir = run_dir / f"fold{k}"
+            done = fold_dir / "done.json"
+            if done.exists() and read_json(done).get("config_hash") == cfg_hash:
+                if state.is_main_process:
+                    print(f"[{name}] fold {k}: done, skipped ({read_json(done)['score']:.4f})")
+                continue
+            tr = train[train["fold"] != k]
+            if cfg.max_train_rows and len(tr) > cfg.max_train_rows:
+                tr = tr.sample(n=cfg.max_train_rows, random_state=cfg.seed)
+            va = train[train["fold"] == k]
+            n_gen: dict[str, int] = {}
+            rows, labels = tr[cols], tr["label"].to_numpy()
+            if gen is not None:
+                g = _gen_for_fold(gen, k)
+                n_gen = {str(s): int(c) for s, c in g["source"].value_counts().sort_index().items()}
+                rows = pd.concat([rows, g[cols]])
+                labels = np.concatenate([labels, g["label"].to_numpy(dtype=int)])
+            fold = FoldData(
+                fold=k, n_classes=comp.n_classes, train=rows.reset_index(drop=True), train_labels=labels,
+                val=va[cols].reset_index(drop=True), val_labels=va["label"].to_numpy(),
+                test=test[cols].reset_index(drop=True), metric=comp.metric, log_dir=paths.logs / name / f"fold{k}",
+            )
+            t0 = time.time()
+            res = mod.fit_fold(cfg, fold, fold_dir)
+            seconds = time.time() - t0
+            if state.is_main_process:
+                s = score(comp.metric, fold.val_labels, res.val_proba)
+                write_csv(fold_dir / "val.csv", proba_frame(fold.val_ids, res.val_proba, k))
+                write_csv(fold_dir / "test.csv", proba_frame(fold.test_ids, res.test_proba))
+                write_json(done, {"config_hash": cfg_hash, "fold": k, "score": s, "seconds": seconds,
+                                  "n_train": len(tr), "n_generated": n_gen, "peak_rss_mb": C.peak_rss_mb(),
+                                  "threads": current_threads(), "info": res.info})
+                print(f"[{name}] fold {k}: {comp.metric} {s:.4f}  ({seconds:.1f}s, {len(rows)} train rows)")
+            state.wait_for_everyone()
 
-    if state.is_main_process:
-        finished = [k for k in range(n_folds)
-                    if (run_dir / f"fold{k}" / "done.json").exists()
-                    and read_json(run_dir / f"fold{k}" / "done.json").get("config_hash") == cfg_hash]
-        if len(finished) == n_folds:
-            _assemble(comp, train, test, run_dir, name, n_folds)
-        else:
-            print(f"[{name}] {len(finished)}/{n_folds} folds done; run `make train` without FOLDS to finish")
+        if state.is_main_process:
+            finished = [k for k in range(n_folds)
+                        if (run_dir / f"fold{k}" / "done.json").exists()
+                        and read_json(run_dir / f"fold{k}" / "done.json").get("config_hash") == cfg_hash]
+            if len(finished) == n_folds:
+                _assemble(comp, train, test, run_dir, name, n_folds, cfg.inputs)
+            else:
+                print(f"[{name}] {len(finished)}/{n_folds} folds done; run `make train` without FOLDS to finish")
     return run_dir
 
 
-def _assemble(comp, train: pd.DataFrame, test: pd.DataFrame, run_dir: Path, name: str, n_folds: int) -> None:
-    cols = prob_columns(comp.n_classes)
+def _inputs(comp, model: str, cfg, train: pd.DataFrame, use_gen: bool) -> tuple[str, ...]:
+    """The processed columns the model reads, checked against what the competition provides."""
+    missing = [i for i in cfg.inputs if i not in comp.inputs.kinds]
+    if missing:
+        raise UserError(f"model '{model}' reads {list(cfg.inputs)} but competition '{comp.name}' declares "
+                        f"inputs {list(comp.inputs.kinds)}: train a model whose `inputs:` it provides")
+    stale = [i for i in cfg.inputs if i not in train.columns]
+    if stale:
+        raise UserError(f"data/processed/{comp.name}/train.csv has no '{stale[0]}' column: "
+                        f"rebuild it with `make folds COMP={comp.name}`")
+    if use_gen and set(cfg.inputs) - {"text"}:
+        raise UserError(f"USE_GEN=1: generated rows hold text only, model '{model}' reads {list(cfg.inputs)}")
+    return cfg.inputs
+
+
+def _assemble(comp, train: pd.DataFrame, test: pd.DataFrame, run_dir: Path, name: str, n_folds: int,
+              inputs: tuple[str, ...]) -> None:
     vals, tests, dones = [], [], []
     for k in range(n_folds):
         vals.append(pd.read_csv(run_dir / f"fold{k}" / "val.csv", dtype={"id": str}))
         tests.append(pd.read_csv(run_dir / f"fold{k}" / "test.csv", dtype={"id": str}))
         dones.append(read_json(run_dir / f"fold{k}" / "done.json"))
-    oof = pd.concat(vals).set_index("id").loc[train["id"]].reset_index()
-    test_p = np.mean([t.set_index("id").loc[test["id"], cols].to_numpy() for t in tests], axis=0)
-    test_df = pd.DataFrame(test_p, columns=cols)
-    test_df.insert(0, "id", test["id"].to_numpy())
-    oof_score = score(comp.metric, train["label"].to_numpy(), oof[cols].to_numpy())
+    oof_p = align(pd.concat(vals), train["id"])
+    test_p = np.mean([align(t, test["id"]) for t in tests], axis=0)
+    oof_score = score(comp.metric, train["label"].to_numpy(), oof_p)
     infos = [d["info"] for d in dones]
     metrics = {
         "run": name,
         "metric": comp.metric,
+        "inputs": list(inputs),
         "oof_score": oof_score,
         "fold_scores": [d["score"] for d in dones],
         "fold_std": float(np.std([d["score"] for d in dones])),
@@ -156,14 +174,15 @@ def _assemble(comp, train: pd.DataFrame, test: pd.DataFrame, run_dir: Path, name
         "predict_seconds": float(sum(i.get("predict_seconds", 0.0) for i in infos)),
         "train_samples_per_s": _mean([i.get("train_samples_per_s") for i in infos]),
         "peak_rss_mb": max(d["peak_rss_mb"] for d in dones),
+        "threads": max(d.get("threads", 0) for d in dones),  # per process: cores / (make jobs x processes)
         "peak_gpu_mb": max([i.get("peak_gpu_mb", 0.0) for i in infos] or [0.0]),
         "optimistic": any(i.get("optimistic", False) for i in infos),
         "device": infos[0].get("device", "cpu"),
         "git_sha": C.git_sha(),
         "versions": C.versions(),
     }
-    write_csv(run_dir / "oof.csv", oof[["id", "fold", *cols]])
-    write_csv(run_dir / "test.csv", test_df)
+    write_csv(run_dir / "oof.csv", proba_frame(train["id"], oof_p, train["fold"].to_numpy()))
+    write_csv(run_dir / "test.csv", proba_frame(test["id"], test_p))
     write_json(run_dir / "metrics.json", metrics)
     print(f"[{name}] OOF {comp.metric} {oof_score:.4f}  folds: "
           + " ".join(f"{s:.4f}" for s in metrics["fold_scores"]))

@@ -1,7 +1,7 @@
 """`make tta`: test-time augmentation of one finished run, from its saved fold weights.
 
 Reads   results/<comp>/<run>/ (config.yaml, oof.csv, test.csv, fold<k>/ weights),
-        data/processed/<comp>/train.csv + test.csv, configs/ensemble.yaml (`tta:` section)
+        data/processed/<comp>/train.csv + test.csv, configs/tta.yaml
 Writes  results/<comp>/<run>/tta/ — oof.csv, test.csv, metrics.json (last: the Make target)
 Run     python -m medalist.stages.tta --comp demo --run tfidf
 
@@ -18,16 +18,17 @@ import dataclasses
 import re
 import time
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Annotated, Callable, Literal
 
 import numpy as np
 import pandas as pd
 
+from medalist.core.config import AtLeastOne, NonNegative, Paths, Range, stage_parser, UserError
 from medalist.core import config as C
-from medalist.text import views as textviews  # TTA reuses augment's text views (DESIGN.md's one exception)
+# TTA reuses augment's text views (DESIGN.md's one exception)
+from medalist.text import augmenters, math_spans, views
 from medalist.core.competition import load_competition
-from medalist.core.config import Paths, UserError, stage_parser
-from medalist.core.io import prob_columns, probs_of, read_processed, read_run, write_csv, write_json
+from medalist.core.io import align, proba_frame, read_processed, read_run, write_csv, write_json
 from medalist.core.metrics import better, score
 
 View = Literal["head", "tail", "window", "nlpaug"]
@@ -38,36 +39,24 @@ class Augmenter:
     """One nlpaug step of a TTA view (names as in configs/augment.yaml)."""
 
     name: Literal["swap", "delete", "crop", "spelling", "keyboard", "synonym", "contextual"]
-    aug_p: float = 0.1
-    aug_max: int = 2
+    aug_p: Annotated[float, Range(gt=0, le=1)] = 0.1
+    aug_max: Annotated[int, AtLeastOne] = 2
     model_path: str | None = None  # contextual only: a local masked-LM folder
 
 
 @dataclasses.dataclass(frozen=True)
 class TTAConfig:
     views: tuple[View, ...] = ("head", "tail", "window", "nlpaug")
-    nlpaug_k: int = 2
+    nlpaug_k: Annotated[int, NonNegative] = 2
     augmenters: tuple[Augmenter, ...] = (Augmenter("synonym"),)
-    window_stride: float = 0.5
-    max_windows: int = 8
-    seed: int = 42
-    min_gain: float = 0.0
-
-    def validate(self, where: str) -> None:
-        if not 0 < self.window_stride <= 1:
-            raise UserError(f"{where}: window_stride must be in (0, 1]")
-        if self.max_windows < 1 or self.nlpaug_k < 0:
-            raise UserError(f"{where}: max_windows must be ≥ 1 and nlpaug_k ≥ 0")
-
-
-@dataclasses.dataclass(frozen=True)
-class _File:
-    tta: TTAConfig = TTAConfig()
-    ensemble: dict[str, Any] = dataclasses.field(default_factory=dict)  # checked by medalist.stages.ensemble
+    window_stride: Annotated[float, Range(gt=0, le=1)] = 0.5
+    max_windows: Annotated[int, AtLeastOne] = 8
+    seed: Annotated[int, NonNegative] = 42
+    min_gain: Annotated[float, Range(ge=-1, le=1)] = 0.0
 
 
 def load_config() -> TTAConfig:
-    return C.load(_File, C.configs_dir() / "ensemble.yaml").tta
+    return C.load(TTAConfig, C.configs_dir() / "tta.yaml")
 
 
 # ---------------------------------------------------------------- math spans and truncation
@@ -77,7 +66,7 @@ WORD = re.compile(r"\S+")
 
 def math_kept(original: str, view: str) -> bool:
     """Does `view` hold every math span of `original` byte for byte, in order?"""
-    return textviews.holds_in_order(view, textviews.math_spans(original))
+    return math_spans.holds_in_order(view, math_spans.math_spans(original))
 
 
 def _snap(pos: int, spans: list[tuple[int, int]], forward: bool) -> int:
@@ -98,7 +87,7 @@ def truncation_views(text: str, tokens: list[tuple[int, int]], budget: int, stri
     n = len(tokens)
     if n <= budget:
         return {}
-    spans = textviews.find_spans(text)
+    spans = math_spans.find_spans(text)
     head_end = _snap(tokens[budget - 1][1], spans, forward=False)
     if head_end == 0:  # the text opens with a math span longer than the budget: keep it whole
         head_end = _snap(tokens[budget - 1][1], spans, forward=True)
@@ -120,20 +109,21 @@ def truncation_views(text: str, tokens: list[tuple[int, int]], budget: int, stri
     return {"head": [text[:head_end]], "tail": [text[tail_start:]], "window": windows or [text[:head_end]]}
 
 
-def _token_spans(run_dir: Path, model: dict) -> tuple[Callable[[str], list[tuple[int, int]]], int | None, str]:
-    """(text → token char spans, token budget, how counted) for the run's model.
+def _token_spans(run_dir: Path, model) -> tuple[Callable[[str], list[tuple[int, int]]], int | None, str]:
+    """(text → token char spans, token budget, how counted) for the run's model config.
 
-    The run's own tokenizer when one loads offline (saved in fold0/, or the backbone named in the
-    config); whitespace words otherwise. Families without max_length get no budget.
+    The run's own tokenizer when one loads offline (saved in fold0/, or the config's backbone);
+    whitespace words otherwise. Models without a tokenizer (not `Tokenized`) get no budget.
     """
-    max_length = model.get("max_length")
+    from medalist.models import Tokenized
+
     words = (lambda t: [m.span() for m in WORD.finditer(t)])
-    if not isinstance(max_length, int):
+    if not isinstance(model, Tokenized):
         return words, None, "none"
     tok = _load_tokenizer(run_dir, model)
     if tok is None:
-        return words, max_length, "words"
-    budget = max_length - tok.num_special_tokens_to_add(pair=False)
+        return words, model.max_length, "words"
+    budget = model.max_length - tok.num_special_tokens_to_add(pair=False)
 
     def spans(t: str) -> list[tuple[int, int]]:
         enc = tok(t, add_special_tokens=False, return_offsets_mapping=True, truncation=False)
@@ -142,34 +132,30 @@ def _token_spans(run_dir: Path, model: dict) -> tuple[Callable[[str], list[tuple
     return spans, budget, "tokenizer"
 
 
-def _load_tokenizer(run_dir: Path, model: dict):
-    """The family's own tokenizer loader (fold0's saved tokenizer, else the backbone), or None."""
-    from medalist.models.registry import family_module
+def _load_tokenizer(run_dir: Path, model):
+    """fold0's saved tokenizer, else the backbone's, from local files; None if neither loads."""
+    from medalist.models.backbones import load_tokenizer_offline
 
-    mod = family_module(model["family"])
-    if not hasattr(mod, "load_tokenizer"):
-        return None
     fold0 = run_dir / "fold0"
     try:
-        cfg = C.from_dict(mod.Config, model, "config.yaml")
-        tok = mod.load_tokenizer(cfg, fold0 if (fold0 / "tokenizer_config.json").exists() else None)
+        tok = load_tokenizer_offline(str(fold0) if (fold0 / "tokenizer_config.json").exists() else model.backbone)
     except Exception:  # noqa: BLE001 — a tokenizer that cannot load offline: count words instead
         return None
-    return tok if getattr(tok, "is_fast", False) else None  # offsets need a fast tokenizer
+    return tok if tok.is_fast else None  # offsets need a fast tokenizer
 
 
 def nlpaug_views(texts: list[str], cfg: TTAConfig) -> list[list[str]]:
     """k nlpaug views per text, math protected (a view that cannot be made intact is the text)."""
     augs = []
     for a in cfg.augmenters:
-        if a.name == "synonym" and not textviews.ensure_wordnet(C.root() / "data" / "nltk_data"):
+        if a.name == "synonym" and not augmenters.ensure_wordnet(C.root() / "data" / "nltk_data"):
             print("note: WordNet not installed (apt-get install wordnet-base wordnet-sense-index): "
                   "TTA skips synonyms")
             continue
-        augs.append(textviews.build_augmenter(a.name, a.aug_p, a.aug_max, a.model_path))
+        augs.append(augmenters.build_augmenter(a.name, a.aug_p, a.aug_max, a.model_path))
     if not augs:
         return [[] for _ in texts]
-    return textviews.augment_views(texts, augs, cfg.nlpaug_k, cfg.seed)
+    return views.augment_views(texts, augs, cfg.nlpaug_k, cfg.seed)
 
 
 # ---------------------------------------------------------------- predicting views
@@ -213,7 +199,8 @@ def predict_views(predict, views: _Views, plain: np.ndarray, names: list[str]) -
         for ts in d.values():
             for t in ts:
                 unique.setdefault(t, len(unique))
-    probs = predict(list(unique)) if unique else np.zeros((0, plain.shape[1]))
+    rows = pd.DataFrame({"id": [f"view-{i}" for i in range(len(unique))], "text": list(unique)})
+    probs = predict(rows) if unique else np.zeros((0, plain.shape[1]))
     out = {}
     for name in names:
         p = plain.copy()
@@ -225,7 +212,7 @@ def predict_views(predict, views: _Views, plain: np.ndarray, names: list[str]) -
 
 
 def run(comp_name: str, run: str) -> Path:
-    from medalist.models.registry import load_run_predictor
+    from medalist.models.registry import family_module, load_run_predictor
 
     comp = load_competition(comp_name)
     paths = Paths(comp.name)
@@ -233,30 +220,33 @@ def run(comp_name: str, run: str) -> Path:
     run_dir = paths.run(run)
     oof, test_df, run_metrics = read_run(run_dir)
     train, test = read_processed(paths)
-    model = C.load_yaml(run_dir / "config.yaml").get("model", {})
+    model_dict = C.load_yaml(run_dir / "config.yaml")["model"]
+    model = C.from_dict(family_module(model_dict["family"]).Config, model_dict, f"{run_dir}/config.yaml")
     try:
-        oof = oof.set_index("id").loc[train["id"]].reset_index()
-        test_df = test_df.set_index("id").loc[test["id"]].reset_index()
-    except KeyError:
+        plain_oof, plain_test = align(oof, train["id"]), align(test_df, test["id"])
+    except UserError:
         raise UserError(f"{run_dir}: oof.csv/test.csv ids differ from data/processed/{comp.name}: "
                         f"retrain the run (`make train`)") from None
     y = train["label"].to_numpy()
+    fold = train["fold"].to_numpy()  # the fold each OOF row was predicted in (train wrote it from here)
     K = comp.n_classes
-    plain_oof, plain_test = probs_of(oof), probs_of(test_df)
     spans_of, budget, counted = _token_spans(run_dir, model)
     names = [v for v in cfg.views if v == "nlpaug" or budget is not None]
+    if names and tuple(model.inputs) != ("text",):  # views are of the text alone
+        print(f"note: TTA views change text only; {run} reads {list(model.inputs)}: plain predictions kept")
+        names = []
     t0 = time.time()
 
     oof_views = {n: plain_oof.copy() for n in names}
     test_views = {n: np.zeros_like(plain_test) for n in names}
-    n_folds = int(oof["fold"].max()) + 1
+    n_folds = int(fold.max()) + 1
     te_views = build_views(test["text"].tolist(), cfg, spans_of, budget) if names else None
     n_long, n_rejected = (te_views.n_long, te_views.n_rejected) if te_views else (0, 0)
     for k in range(n_folds):
         if not names:
             break
         predict = load_run_predictor(run_dir, k, K)
-        rows = np.flatnonzero(oof["fold"].to_numpy() == k)
+        rows = np.flatnonzero(fold == k)
         va_views = build_views(train["text"].iloc[rows].tolist(), cfg, spans_of, budget)
         n_long += va_views.n_long
         n_rejected += va_views.n_rejected
@@ -275,16 +265,9 @@ def run(comp_name: str, run: str) -> Path:
     if not use:
         tta_oof, tta_test = plain_oof, plain_test
 
-    cols = prob_columns(K)
     out = run_dir / "tta"
-    out_oof = pd.DataFrame(tta_oof, columns=cols)
-    out_oof.insert(0, "fold", oof["fold"].to_numpy())
-    out_oof.insert(0, "id", oof["id"].to_numpy())
-    out_test = pd.DataFrame(tta_test, columns=cols)
-    out_test.insert(0, "id", test_df["id"].to_numpy())
-    write_csv(out / "oof.csv", out_oof)
-    write_csv(out / "test.csv", out_test)
-    fold = oof["fold"].to_numpy()
+    write_csv(out / "oof.csv", proba_frame(train["id"], tta_oof, fold))
+    write_csv(out / "test.csv", proba_frame(test["id"], tta_test))
     final = tta_oof
     metrics = {
         "run": run,

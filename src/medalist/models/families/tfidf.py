@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import joblib
 import numpy as np
@@ -16,25 +16,31 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import FeatureUnion, Pipeline
 
+from medalist.core.config import AtLeastOne, Positive, UserError
 from medalist.core.io import atomic_path
-from medalist.models import FoldData, FoldResult
-
-LAUNCH = "inprocess"
+from medalist.models import FoldData, FoldResult, RunConfig, texts
 
 
 @dataclasses.dataclass(frozen=True)
-class Config:
+class Config(RunConfig):
     family: Literal["tfidf"] = "tfidf"
-    seed: int = 42
     word_ngrams: tuple[int, ...] = (1, 2)
-    word_max_features: int = 50000
+    word_max_features: Annotated[int, AtLeastOne] = 50000
     char_ngrams: tuple[int, ...] = (3, 5)
-    char_max_features: int = 100000
-    min_df: int = 2
-    C: float = 10.0
+    char_max_features: Annotated[int, AtLeastOne] = 100000
+    min_df: Annotated[int, AtLeastOne] = 2
+    C: Annotated[float, Positive] = 10.0
     class_weight: str | None = None
-    max_iter: int = 2000
-    max_train_rows: int | None = None  # cap for quick looks; None = all
+    max_iter: Annotated[int, AtLeastOne] = 2000
+
+    def validate(self, where: str) -> None:
+        super().validate(where)
+        for name in ("word_ngrams", "char_ngrams"):
+            lo_hi = getattr(self, name)
+            if len(lo_hi) != 2 or not 1 <= lo_hi[0] <= lo_hi[1]:
+                raise UserError(f"{where}.{name}: expected [min, max] with 1 <= min <= max, got {list(lo_hi)}")
+        if self.class_weight not in (None, "balanced"):
+            raise UserError(f"{where}.class_weight: must be null or 'balanced', got {self.class_weight!r}")
 
 
 def build(cfg: Config) -> Pipeline:
@@ -71,17 +77,17 @@ class _Full:
 def fit_fold(cfg: Config, fold: FoldData, out_dir: Path) -> FoldResult:
     t0 = time.time()
     model = build(cfg)
-    model.fit(fold.train_texts, fold.train_labels)
+    model.fit(texts(fold.train), fold.train_labels)
     fit_s = time.time() - t0
     wrapped = _Full(model, fold.n_classes)
     with atomic_path(Path(out_dir) / "model.joblib") as tmp:
         joblib.dump(wrapped, tmp)
     t1 = time.time()
-    val = wrapped.predict_proba(fold.val_texts)
-    test = wrapped.predict_proba(fold.test_texts)
+    val = wrapped.predict_proba(texts(fold.val))
+    test = wrapped.predict_proba(texts(fold.test))
     return FoldResult(val, test, {"fit_seconds": fit_s, "predict_seconds": time.time() - t1})
 
 
 def load_predictor(cfg: Config, fold_dir: Path, n_classes: int):
     model = joblib.load(Path(fold_dir) / "model.joblib")
-    return lambda texts: model.predict_proba(list(texts))
+    return lambda rows: model.predict_proba(texts(rows))

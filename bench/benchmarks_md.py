@@ -1,0 +1,104 @@
+"""BENCHMARKS.md from bench/results.json: machine, commands, goals met or not, and a table per part."""
+from __future__ import annotations
+
+from quality import REFERENCE_TFIDF
+
+
+def fmt(x, nd: int = 4) -> str:
+    if x is None:
+        return "—"
+    if isinstance(x, float):
+        return f"{x:.{nd}f}"
+    return str(x)
+
+
+def goals(res: dict) -> list[str]:
+    q, s = res.get("quality") or {}, res.get("speed") or {}
+    out = []
+
+    def line(ok, text):
+        out.append(f"- {'met' if ok else ('not met' if ok is False else 'not measured')}: {text}")
+
+    ens, tf, best = q.get("ensemble_test_micro_f1"), q.get("tfidf_test_micro_f1"), q.get("best_single_test_micro_f1")
+    line(None if ens is None or tf is None else ens >= tf + 0.06,
+         f"ensemble test micro-F1 ≥ TF-IDF + 0.06 ({fmt(ens)} vs {fmt(tf)} + 0.06; SOURCE.md: {REFERENCE_TFIDF})")
+    line(None if ens is None or best is None else ens > best,
+         f"ensemble above every single run ({fmt(ens)} vs best single {fmt(best)}, {q.get('best_single_run')})")
+    tr, rr = s.get("train_samples_per_s") or {}, s.get("infer_texts_per_s") or {}
+    mm = (q.get("runs") or {}).get(res.get("model", ""), {}).get("test", {}).get("micro_f1")
+    tq = q.get("trainer_test_micro_f1")
+    line(None if tr.get("ratio") is None else tr["ratio"] >= 1.5 and (mm is None or tq is None or mm >= tq),
+         f"training throughput ≥ 1.5× the plain Trainer at equal or better score "
+         f"({fmt(tr.get('ratio'), 2)}×; test micro-F1 {fmt(mm)} vs Trainer {fmt(tq)})")
+    line(None if rr.get("ratio") is None else rr["ratio"] >= 2, f"inference ≥ 2× ({fmt(rr.get('ratio'), 2)}×)")
+    line(None if not s.get("wall_seconds") else s["wall_seconds"] < 900,
+         f"speed part under 15 minutes ({fmt(s.get('wall_seconds', 0) / 60 if s.get('wall_seconds') else None, 1)} min)")
+    return out
+
+
+def render(res: dict) -> str:
+    m, q, s, g = res["machine"], res.get("quality") or {}, res.get("speed") or {}, res.get("growth") or {}
+    gpu = bool(m.get("gpu"))
+    L = ["# Benchmarks", "",
+         f"`make bench` on **{res['comp']}** (answers: `{res['answers']}`), git `{res['git_sha']}`, {res['date']}.", "",
+         "## Machine", "",
+         f"- CPU: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB; GPU: {m['gpu'] or 'none'}; {m['os']}",
+         "- " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()), "",
+         "## Commands", "", "```bash", *res["commands"], "```", "", "## Goals", "", *goals(res), ""]
+    if q:
+        L += ["## Quality (test set, scored against the answers)", "",
+              "| what | test micro-F1 | test macro-F1 | OOF | train s | predict s |", "|---|---|---|---|---|---|"]
+        for name, e in q["references"].items():
+            L.append(f"| reference: {name} | {fmt(e['test']['micro_f1'])} | {fmt(e['test']['macro_f1'])} | — | "
+                     f"{fmt(e.get('train_seconds'), 1)} | {fmt(e.get('predict_seconds'), 1)} |")
+        for name, e in q["runs"].items():
+            L.append(f"| run {name} | {fmt(e['test']['micro_f1'])} | {fmt(e['test']['macro_f1'])} | "
+                     f"{fmt(e['oof_score'])} | {fmt(e['train_seconds'], 1)} | {fmt(e['predict_seconds'], 1)} |")
+            if "tta" in e:
+                t = e["tta"]
+                L.append(f"| run {name} + TTA{'' if t.get('used') else ' (not used: no OOF gain)'} | "
+                         f"{fmt(t['test']['micro_f1'])} | {fmt(t['test']['macro_f1'])} | {fmt(t['oof_score'])} | — | "
+                         f"{fmt(t['predict_seconds'], 1)} |")
+        for name, e in q["ensembles"].items():
+            L.append(f"| **ensemble {name}** ({e['method']}) | {fmt(e['test']['micro_f1'])} | "
+                     f"{fmt(e['test']['macro_f1'])} | {fmt(e['oof_score'])} | {fmt(e['seconds'], 1)} | — |")
+        L += ["", (f"Train / predict seconds of a run are all its folds (metrics.json); the first `make bench` "
+              f"trains them (on this CPU: {fmt(sum((e.get('train_seconds') or 0) for e in q['runs'].values()) / 3600, 2)} h "
+              f"of training for the runs above), a rerun reuses them. The HF Trainer reference is one model "
+              f"on all of train.csv (no folds), cached under results/{res['comp']}/bench/."), ""]
+    if s:
+        tr, inf, tok = s["train_samples_per_s"], s["infer_texts_per_s"], s["tokenize_seconds"]
+        L += ["## Speed (A/B, same backbone, same rows)", "",
+              (f"{s['repeats']} alternating repeats (ABBA order), median; each side its own process; "
+              f"training: {s['steps']} optimizer steps on the same {s['rows']} train rows (medalist: "
+              f"`encoder.fit_fold`, one epoch over them; Trainer: `--max-steps {s['steps']}`); inference: "
+              f"the same {s['infer_rows']} test texts. Device: {s['device']}."), "",
+              "| | medalist | plain Trainer | ratio |", "|---|---|---|---|",
+              f"| training samples/s | {fmt(tr['medalist'], 2)} | {fmt(tr['trainer'], 2)} | {fmt(tr['ratio'], 2)}× |",
+              f"| inference texts/s | {fmt(inf['medalist'], 1)} | {fmt(inf['trainer'], 1)} | {fmt(inf['ratio'], 2)}× |",
+              (f"| tokenisation s ({tok['texts']} texts) | {fmt(tok['medalist'], 3)} | {fmt(tok['trainer'], 3)} | "
+              f"{fmt(tok['ratio'], 2)}× |"),
+              f"| peak RSS MB | {fmt(s['peak_rss_mb']['medalist'], 0)} | {fmt(s['peak_rss_mb']['trainer'], 0)} | |"]
+        if gpu or any(s["peak_gpu_mb"].values()):
+            L.append(f"| peak GPU MB ({s['mixed_precision']['medalist']} / {s['mixed_precision']['trainer']}) | "
+                     f"{fmt(s['peak_gpu_mb']['medalist'], 0)} | {fmt(s['peak_gpu_mb']['trainer'], 0)} | |")
+        L += ["", "Per repeat (samples/s, texts/s): " + "; ".join(
+            f"{side} " + ", ".join(f"{r['train_samples_per_s']:.2f}/{r['infer_texts_per_s']:.1f}" for r in rs)
+            for side, rs in s["samples"].items()) + f". Speed part wall time: {s['wall_seconds'] / 60:.1f} min.", ""]
+    stages = res.get("stages") or {}
+    if stages:
+        L += ["## Memory and wall time per stage", "", ("Each stage is its own process; runs' figures come from "
+              "their metrics.json (all folds), the others are sampled by the bench (RSS of the process tree)."), "",
+              "| stage | peak RSS MB | wall s |", "|---|---|---|"]
+        L += [f"| {k} | {fmt(v['peak_rss_mb'], 0)} | {fmt(v['seconds'], 1)} |" for k, v in stages.items()] + [""]
+    if g:
+        L += ["## Growth", "", g["note"], "", "![growth](bench/growth.png)", "",
+              ("| train rows | TF-IDF fit s | medalist epoch s | Trainer epoch s | medalist k-fold run h | "
+              "test rows | TF-IDF predict s | medalist predict s | Trainer predict s |"), "|---|---|---|---|---|---|---|---|---|"]
+        for r in g["rows"]:
+            L.append(f"| {r['n']} | {fmt(r['tfidf_train_seconds'], 2)} | {fmt(r.get('medalist_epoch_seconds'), 1)} | "
+                     f"{fmt(r.get('trainer_epoch_seconds'), 1)} | {fmt(r.get('medalist_kfold_run_hours'), 2)} | "
+                     f"{r['n_test']} | {fmt(r['tfidf_predict_seconds'], 2)} | {fmt(r.get('medalist_predict_seconds'), 1)} | "
+                     f"{fmt(r.get('trainer_predict_seconds'), 1)} |")
+        L.append("")
+    return "\n".join(L)

@@ -1,0 +1,81 @@
+"""One normaliser and one near-duplicate definition: the fast searches agree with the plain
+pairwise Jaccard, and `checks` and the ensemble's exact match count the same rows."""
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from medalist.stages.checks import duplicates
+from medalist.stages.ensemble import exact_matches
+from medalist.text.clean import normalise
+from medalist.text.dedup import jaccard, near_duplicate_groups, near_duplicates, near_duplicates_within, shingles
+
+BASE = ["Find the area of a triangle with sides 3, 4 and 5 and say whether it is right-angled.",
+        "A fair die is rolled twice; what is the probability that the sum of the two faces is seven?",
+        "Solve the system of equations x + y = 10 and x - y = 4 for the two unknowns x and y.",
+        "How many positive divisors does the number 360 have, and what is their sum?",
+        "Compute the determinant of the matrix with rows (1, 2) and (3, 4), then its inverse."]
+
+
+def _texts() -> list[str]:
+    """BASE, then copies of each at growing distance: upper-cased, a word changed, half rewritten."""
+    out = list(BASE)
+    for t in BASE:
+        words = t.split()
+        out.append(t.upper())
+        out.append(" ".join(words[:-2] + ["please", words[-1]]))
+        out.append(" ".join(words[: len(words) // 2] + ["and then something else entirely is asked here"]))
+    return out
+
+
+def _pairs(a: list[str], b: list[str], threshold: float, n: int) -> np.ndarray:
+    return np.array([[jaccard(shingles(x, n), shingles(y, n)) >= threshold for y in b] for x in a])
+
+
+@pytest.mark.parametrize("threshold,n", [(0.8, 5), (0.5, 3), (0.3, 5)])
+def test_filters_equal_plain_pairwise_jaccard(threshold, n):
+    texts = _texts()
+    new, refs = texts[len(BASE):], texts[:len(BASE)]
+    assert (near_duplicates(new, refs, threshold, n) == _pairs(new, refs, threshold, n).any(axis=1)).all()
+    # within: a text is dropped when it is near an earlier text that was kept
+    pairs = _pairs(texts, texts, threshold, n)
+    dropped = []
+    for j in range(len(texts)):
+        dropped.append(any(pairs[i, j] and not dropped[i] for i in range(j)))
+    assert near_duplicates_within(texts, threshold, n).tolist() == dropped
+    assert any(dropped) and not all(dropped)
+
+
+def test_groups_join_near_duplicates_and_nothing_else():
+    texts = _texts()
+    groups = near_duplicate_groups(texts, threshold=0.8)
+    pairs = _pairs(texts, texts, 0.8, 5)
+    for i, j in itertools.combinations(range(len(texts)), 2):
+        if pairs[i, j]:
+            assert groups[i] == groups[j], (texts[i], texts[j])
+    # every group is held together by pairs at or above the threshold (no merge by hash luck)
+    for g in set(groups):
+        members = np.flatnonzero(groups == g)
+        linked = {members[0]}
+        for _ in members:
+            linked |= {j for i in linked for j in members if pairs[i, j]}
+        assert linked == set(members)
+    assert len(set(groups)) < len(texts)
+
+
+def test_one_normaliser_for_checks_and_the_ensemble():
+    train = pd.DataFrame({"text": BASE, "label": range(len(BASE))})
+    test = pd.DataFrame({"text": [BASE[0].upper(), BASE[1].replace(";", " ,"), "  " + BASE[2] + "!", "Unrelated."]})
+    counted = duplicates(train, test)["test rows in train after normalisation"]
+    matched = exact_matches(train, test)
+    assert counted == int((matched != -1).sum()) == 3
+    assert matched.tolist() == [0, 1, 2, -1]
+
+
+def test_ignoring_spacing_is_an_option_of_the_same_normaliser():
+    a, b = "Find x+1 = 2, NOW.", "find x + 1=2 now"
+    assert normalise(a) != normalise(b)
+    assert normalise(a, ignore_spacing=True) == normalise(b, ignore_spacing=True) == "findx+1=2now"
