@@ -32,7 +32,8 @@ def _copy_run(paths: Paths, src: str, dst: str) -> None:
 @pytest.fixture
 def demo_runs(project):
     """The demo with a planted label; run tfidf trained; 'logged' with TensorBoard events, 'epochs'
-    with per-epoch histories in its done.json files (both copies of tfidf's predictions)."""
+    with per-epoch histories in its done.json files (both copies of tfidf's predictions); TTA
+    outputs where only 'logged' gained; the ensemble over the three on TTA."""
     cfg_path = project / "configs" / "competitions" / "demo.yaml"
     cfg = yaml.safe_load(cfg_path.read_text())
     cfg["description"][PLANT] = cfg["description"].pop(cfg["labels"][0])
@@ -65,7 +66,14 @@ def demo_runs(project):
             {"epoch": e, "stage": "fit", "loss": 1.0 / e, "micro_f1": 0.6 + 0.1 * e} for e in (1, 2, 3)]}
         write_json(done, d)
 
-    ensemble.run("demo", ["tfidf", "logged", "epochs"], use_tta=False)
+    for run, gain in (("tfidf", -0.002), ("logged", 0.0123), ("epochs", 0.0)):  # TTA helped 'logged' only
+        tta_dir = paths.run(run) / "tta"
+        tta_dir.mkdir()
+        for name in ("oof.csv", "test.csv"):
+            shutil.copy(paths.run(run) / name, tta_dir / name)
+        m = read_json(paths.run(run) / "metrics.json")
+        write_json(tta_dir / "metrics.json", {**m, "plain_score": m["oof_score"], "gain": gain, "use_tta": gain > 0})
+    ensemble.run("demo", ["tfidf", "logged", "epochs"], use_tta=True)
     return comp, paths
 
 
@@ -115,8 +123,9 @@ def test_report_tables_curves_and_summary(demo_runs, monkeypatch, capsys):
     ens = read_json(paths.results / "ensemble" / "metrics.json")
     assert re.search(rf"^ensemble\s+{ens['method']}, nested CV micro_f1 {ens['nested_score']:.4f}$", text, re.M)
     oof = read_json(paths.run("tfidf") / "metrics.json")["oof_score"]
-    for run in ("tfidf", "logged", "epochs"):
+    for run in ("tfidf", "epochs"):
         assert re.search(rf"^run {run}\s+OOF micro_f1 {oof:.4f}$", text, re.M)
+    assert re.search(rf"^run logged\s+OOF micro_f1 {oof:.4f}  TTA \+0\.0123$", text, re.M)  # where TTA is used
     assert re.search(r"^report\s+results/demo/report\.html$", text, re.M)
     assert re.search(r"^wall time\s+2m 0[5-9]s$", text, re.M)
     values = {re.match(r"^(.+?) {2,}", line).end() for line in block[1:]}

@@ -9,14 +9,14 @@ import dataclasses
 import hashlib
 import math
 from pathlib import Path
-from typing import Any, Callable, Literal, Protocol
+from typing import Annotated, Any, Callable, Literal, Protocol
 
 import numpy as np
 import pandas as pd
 import torch
 
 from medalist.core import config as C
-from medalist.core.config import UserError
+from medalist.core.config import AtLeastOne, NonNegative, Positive, Range
 from medalist.models import RunConfig
 
 
@@ -25,44 +25,30 @@ class Stage:
     """One phase of training, with its own optimizer and schedule (e.g. a head-only warm-up)."""
 
     name: str = "train"
-    epochs: int | None = None  # null = the config's epochs
-    lr: float | None = None  # null = the config's lr
+    epochs: Annotated[int, AtLeastOne] | None = None  # null = the config's epochs
+    lr: Annotated[float, Positive] | None = None  # null = the config's lr
     trainable: tuple[str, ...] = ()  # regexes (re.search) over parameter names; () = every one the model trains
-    input_size: int | None = None  # told to the adapter (tokens for text, pixels a side for images); null = its default
+    input_size: Annotated[int, AtLeastOne] | None = None  # told to the adapter (tokens for text, pixels a side for images); null = its default
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig(RunConfig):
     """The engine's knobs; a neural family's Config extends this."""
 
-    batch_size: int = 32  # per process; an out-of-memory step halves it and doubles grad_accum
-    eval_batch_size: int = 64  # no gradients kept, so twice the training batch fits
-    grad_accum: int = 1
-    lr: float = 1e-4  # small encoders like MiniLM want more than the 2e-5 of base-size models
+    batch_size: Annotated[int, AtLeastOne] = 32  # per process; an out-of-memory step halves it and doubles grad_accum
+    eval_batch_size: Annotated[int, AtLeastOne] = 64  # no gradients kept, so twice the training batch fits
+    grad_accum: Annotated[int, AtLeastOne] = 1
+    lr: Annotated[float, Positive] = 1e-4  # small encoders like MiniLM want more than the 2e-5 of base-size models
     scheduler: Literal["linear", "cosine", "constant"] = "linear"
-    warmup_ratio: float = 0.1  # share of a stage's optimizer steps spent warming up
-    epochs: int = 2
-    weight_decay: float = 0.01  # never applied to biases and norms
-    max_grad_norm: float | None = 1.0  # clip; null = off
+    warmup_ratio: Annotated[float, Range(ge=0, lt=1)] = 0.1  # share of a stage's optimizer steps spent warming up
+    epochs: Annotated[int, AtLeastOne] = 2
+    weight_decay: Annotated[float, NonNegative] = 0.01  # never applied to biases and norms
+    max_grad_norm: Annotated[float, Positive] | None = 1.0  # clip; null = off
     select_best_epoch: bool = False  # OOF from the best validation epoch: optimistic, marked so
-    early_stopping_patience: int | None = None  # epochs without improvement ends a stage; also optimistic
+    early_stopping_patience: Annotated[int, AtLeastOne] | None = None  # epochs without improvement ends a stage; also optimistic
     fused_adamw: bool = True  # one kernel per step where the device supports it
-    n_seeds: int = 1  # fresh models per fold (seeds seed, seed+1, …); the fold's probabilities are their mean
+    n_seeds: Annotated[int, AtLeastOne] = 1  # fresh models per fold (seeds seed, seed+1, …); the fold's probabilities are their mean
     stages: tuple[Stage, ...] = ()  # () = one stage of `epochs` at `lr`
-
-    def validate(self, where: str) -> None:
-        super().validate(where)
-        for name in ("batch_size", "eval_batch_size", "grad_accum", "epochs", "n_seeds"):
-            if getattr(self, name) < 1:
-                raise UserError(f"{where}: {name} must be at least 1")
-        if self.lr <= 0 or any(s.lr is not None and s.lr <= 0 for s in self.stages):
-            raise UserError(f"{where}: lr must be positive")
-        if any(s.epochs is not None and s.epochs < 1 for s in self.stages):
-            raise UserError(f"{where}: a stage's epochs must be at least 1")
-        if not 0 <= self.warmup_ratio < 1:
-            raise UserError(f"{where}: warmup_ratio must be in [0, 1)")
-        if self.early_stopping_patience is not None and self.early_stopping_patience < 1:
-            raise UserError(f"{where}: early_stopping_patience must be at least 1 (or null)")
 
     def stage_list(self) -> list[Stage]:
         """The stages with every null filled from the config."""

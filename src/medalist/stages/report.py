@@ -153,6 +153,8 @@ def run_curves(paths: Paths, run: str, metric: str) -> tuple[Curves, str]:
 def plot_curves(curves: Curves, unit: str, run: str, metric: str, out: Path) -> Path:
     """One small picture: training loss and validation metric, a line per fold, same colour in both."""
     plt = pyplot()
+    from matplotlib.ticker import MaxNLocator
+
     panels = [("loss", "training loss")] + ([("metric", f"validation {metric}")]
                                             if any("metric" in c for c in curves.values()) else [])
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 2.8), squeeze=False)
@@ -163,6 +165,7 @@ def plot_curves(curves: Curves, unit: str, run: str, metric: str, out: Path) -> 
                 ax.plot(x, y, color=f"C{i % 10}", lw=1, marker="o" if len(x) <= 20 else None, ms=3, label=label)
         ax.set_title(f"{run}: {title}", fontsize=9)
         ax.set_xlabel(unit, fontsize=8)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs and steps are whole numbers
         ax.tick_params(labelsize=7)
     axes[0][0].legend(fontsize=7)
     fig.tight_layout()
@@ -291,8 +294,7 @@ def summary(comp: Competition, paths: Paths, runs: list[str], metrics: dict[str,
     if ens is None:
         rows.append(("ensemble", f"none (make ensemble COMP={comp.name})"))
     else:
-        rows.append(("ensemble", f"{ens['method']}{' on TTA predictions' if ens.get('use_tta') else ''}, "
-                                 f"nested CV {metric} {ens['nested_score']:.4f}"))
+        rows.append(("ensemble", f"{ens['method']}, nested CV {metric} {ens['nested_score']:.4f}"))
     for r in sorted(runs, key=lambda r: metrics[r]["oof_score"], reverse=higher_is_better(metric)):
         t = _tta(paths, r)
         used = t is not None and t["use_tta"] and ens is not None and ens.get("use_tta") and r in ens["runs"]

@@ -17,13 +17,13 @@ import dataclasses
 import importlib.util
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import pandas as pd
 import torch
 
-from medalist.core.config import UserError
+from medalist.core.config import AtLeastOne, Range, UserError
 from medalist.models import FoldData, FoldResult, texts
 from medalist.models import checkpoints, engine, training
 from medalist.models.backbones import resolve
@@ -33,26 +33,19 @@ from medalist.models.backbones import resolve
 class Config(training.TrainConfig):
     family: Literal["encoder", "decoder_lora"] = "encoder"
     backbone: str = "minilm"  # hub name, local folder, or a packaged alias (medalist.models.backbones)
-    max_length: int = 128  # most math questions fit; attention cost grows with the square
-    label_smoothing: float = 0.0
+    max_length: Annotated[int, AtLeastOne] = 128  # most math questions fit; attention cost grows with the square
+    label_smoothing: Annotated[float, Range(ge=0, lt=1)] = 0.0
     class_weighting: Literal["none", "balanced"] = "none"  # balanced: loss weight n / (K · n_c)
-    layerwise_lr_decay: float | None = None  # lr · decay^depth-from-top; null = one lr
+    layerwise_lr_decay: Annotated[float, Range(gt=0, le=1)] | None = None  # lr · decay^depth-from-top; null = one lr
     gradient_checkpointing: bool = False  # trade ~30% time for activation memory
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.05
+    lora_r: Annotated[int, AtLeastOne] = 16
+    lora_alpha: Annotated[int, AtLeastOne] = 32
+    lora_dropout: Annotated[float, Range(ge=0, lt=1)] = 0.05
     lora_target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
     load_in_4bit: bool = False  # QLoRA; needs CUDA + bitsandbytes, otherwise ignored with a note
 
     def validate(self, where: str) -> None:
         super().validate(where)
-        for name in ("max_length", "lora_r"):
-            if getattr(self, name) < 1:
-                raise UserError(f"{where}: {name} must be at least 1")
-        if not 0 <= self.label_smoothing < 1:
-            raise UserError(f"{where}: label_smoothing must be in [0, 1)")
-        if self.layerwise_lr_decay is not None and not 0 < self.layerwise_lr_decay <= 1:
-            raise UserError(f"{where}: layerwise_lr_decay must be in (0, 1]")
         if self.family == "encoder" and self.load_in_4bit:
             raise UserError(f"{where}: load_in_4bit is for family decoder_lora")
         if self.family == "decoder_lora" and not self.lora_target_modules:
