@@ -63,6 +63,7 @@ class FoldData:
     test: pd.DataFrame
     metric: str
     log_dir: Path | None = None  # TensorBoard events for this fold
+    data_dir: Path | None = None  # data/processed/<comp>/: the decode-once image cache lives there
 
     @property
     def val_ids(self) -> list[str]:

@@ -110,6 +110,7 @@ def run(comp_name: str, model: str, use_gen: bool = False, folds: list[int] | No
                 fold=k, n_classes=comp.n_classes, train=rows.reset_index(drop=True), train_labels=labels,
                 val=va[cols].reset_index(drop=True), val_labels=va["label"].to_numpy(),
                 test=test[cols].reset_index(drop=True), metric=comp.metric, log_dir=paths.logs / name / f"fold{k}",
+                data_dir=paths.processed,
             )
             t0 = time.time()
             res = mod.fit_fold(cfg, fold, fold_dir)
