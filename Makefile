@@ -8,7 +8,7 @@ MAKEFLAGS += --no-builtin-rules
 
 # ---------------------------------------------------------------- knobs (make VAR=value)
 COMP     ?= demo#            competition: configs/competitions/$(COMP).yaml
-MODELS   ?= tfidf embed minilm#  runs to train / ensemble (configs/models/<model>.yaml)
+MODELS   ?=#                 runs to train / ensemble (configs/models/<m>.yaml); default: the competition's default_models
 USE_GEN  ?= 0#               1: train on generated rows too (runs get a +gen suffix)
 TTA      ?= 1#               1: the ensemble reads each run's tta/ (used only where it helps OOF)
 FOLDS    ?=#                 e.g. 0,1: train a subset for a quick look (run stays unfinished)
@@ -46,12 +46,32 @@ export MEDALIST_MAKE_START := $(shell date +%s)
 eq        = $(and $(findstring $(1),$(2)),$(findstring $(2),$(1)))
 is_config = $(and $(filter 1,$(words $(2))),$(call eq,$(wildcard $(1)/$(2).yaml),$(1)/$(2).yaml))
 $(if $(call is_config,configs/competitions,$(COMP)),,$(error unknown competition '$(COMP)': no configs/competitions/$(COMP).yaml))
-$(foreach m,$(MODELS),$(if $(call is_config,configs/models,$(m)),,$(error unknown model '$(m)': no configs/models/$(m).yaml)))
 $(if $(filter-out 0 1,$(USE_GEN)),$(error USE_GEN must be 0 or 1, not '$(USE_GEN)'))
 $(if $(filter-out 0 1,$(TTA)),$(error TTA must be 0 or 1, not '$(TTA)'))
 # `make submission` / `make predict`: a run is a model config's name, plus +gen
 check_run = $(if $(RUN),,$(error $(1) needs RUN=<run>, e.g. make $(1) RUN=tfidf))$(if \
   $(call is_config,configs/models,$(patsubst %+gen,%,$(RUN))),,$(error unknown run '$(RUN)': no configs/models/$(patsubst %+gen,%,$(RUN)).yaml))
+
+# How a model trains (in-process or under accelerate), which source files its runs depend on,
+# and each competition's default MODELS come from medalist (the family table in
+# medalist.models.registry, the competition configs) through one generated include: one Python
+# start-up when a config or the table changes, none on an up-to-date `make`. Goals that build no
+# run skip it, so `make help` needs no venv.
+M             := src/medalist
+MODELS_MK     := .make/models.mk
+MODEL_CONFIGS := $(wildcard configs/models/*.yaml)
+COMP_CONFIGS  := $(wildcard configs/competitions/*.yaml)
+ifneq ($(filter-out help venv download check folds augment baseline submission predict score submit \
+                    status tensorboard bench test clean,$(or $(MAKECMDGOALS),help)),)
+include $(MODELS_MK)
+$(if $(MODELS),,$(eval override MODELS := $(COMP_MODELS.$(COMP))))
+$(foreach m,$(MODELS),$(if $(MODEL_ERROR.$(m)),$(error $(MODEL_ERROR.$(m)))))
+endif
+$(foreach m,$(MODELS),$(if $(call is_config,configs/models,$(m)),,$(error unknown model '$(m)': no configs/models/$(m).yaml)))
+# the folders too: adding or renaming a config changes their time, not the config's
+$(MODELS_MK): $(MODEL_CONFIGS) $(COMP_CONFIGS) configs/models configs/competitions \
+              $(M)/models/registry.py | $(VENV)/.installed
+	$(PY) -m medalist.models.registry $@ $(MODEL_CONFIGS) $(COMP_CONFIGS)
 
 GEN_SUFFIX := $(if $(filter 1,$(USE_GEN)),+gen,)
 RUNS       := $(addsuffix $(GEN_SUFFIX),$(MODELS))
@@ -66,11 +86,11 @@ LEADERBOARD:= $(R)/leaderboard.md
 ENSEMBLE   := $(R)/ensemble/metrics.json
 REPORT     := $(R)/report.html
 RUNS_STAMP := $(R)/.runs
-M          := src/medalist
 
 # The ensemble, leaderboard and report depend on *which* runs are listed: the stamp is rewritten
 # only when MODELS/USE_GEN/TTA change, so an unchanged second `make all` does nothing.
-ifneq ($(filter all evaluate ensemble report $(LEADERBOARD) $(ENSEMBLE) $(REPORT),$(MAKECMDGOALS)),)
+# (Not while MODELS is still unknown: the first pass before the generated include exists.)
+ifneq ($(and $(MODELS),$(filter all evaluate ensemble report $(LEADERBOARD) $(ENSEMBLE) $(REPORT),$(MAKECMDGOALS))),)
 $(shell mkdir -p $(R) && { echo '$(RUNS) tta=$(TTA)' | cmp -s - $(RUNS_STAMP) || echo '$(RUNS) tta=$(TTA)' > $(RUNS_STAMP); })
 endif
 
@@ -148,21 +168,6 @@ $(GEN):
 baseline: ## = make train MODELS=tfidf
 	$(MAKE) --no-print-directory train MODELS=tfidf
 train: $(RUN_FILES) ## train every run in MODELS, k folds each (neural ones under accelerate launch)
-
-# How a model trains (in-process or under accelerate) and which source files its runs depend on
-# come from the family table in medalist.models.registry, through a generated include: one
-# Python start-up when a model config or the table changes, none on an up-to-date `make`.
-# Goals that build no run skip it, so `make help` needs no venv.
-MODELS_MK     := .make/models.mk
-MODEL_CONFIGS := $(wildcard configs/models/*.yaml)
-ifneq ($(filter-out help venv download check folds augment baseline submission predict score submit \
-                    status tensorboard bench test clean,$(or $(MAKECMDGOALS),help)),)
-include $(MODELS_MK)
-$(foreach m,$(MODELS),$(if $(MODEL_ERROR.$(m)),$(error $(MODEL_ERROR.$(m)))))
-endif
-# the folder too: adding or renaming a config changes its time, not the config's
-$(MODELS_MK): $(MODEL_CONFIGS) configs/models $(M)/models/registry.py | $(VENV)/.installed
-	$(PY) -m medalist.models.registry $@ $(MODEL_CONFIGS)
 
 TRAIN.inprocess  = $(PY) -m medalist.stages.train
 TRAIN.accelerate = $(ACCELERATE) -m medalist.stages.train

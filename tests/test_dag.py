@@ -135,3 +135,20 @@ def test_user_values_reach_programs_unchanged_and_run_nothing(make_project, tmp_
     p = make(root, "score", f"FILE={sub}", f"ANSWERS={sub}")
     assert f"\n{sub}: micro_f1 1.0000" in p.stdout, p.stdout
     assert not (root / "INJECTED").exists() and not list(tmp_path.rglob("INJECTED"))
+
+
+def test_models_default_comes_from_the_competition_config(make_project):
+    root = make_project
+    p = subprocess.run(["make", "-C", str(root), "--no-print-directory", "-n", "train", "COMP=demo"],
+                       env=make_env(), capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    trained = [line.split("--model ")[1].split()[0] for line in p.stdout.splitlines() if "--model " in line]
+    assert trained == ["tfidf", "embed", "minilm"]
+    cfg = root / "configs/competitions/demo.yaml"
+    cfg.write_text(cfg.read_text() + "default_models: [tfidf]\n")
+    p = subprocess.run(["make", "-C", str(root), "--no-print-directory", "-n", "train", "COMP=demo"],
+                       env=make_env(), capture_output=True, text=True, timeout=300)
+    assert [line.split("--model ")[1].split()[0] for line in p.stdout.splitlines() if "--model " in line] == ["tfidf"]
+    p = subprocess.run(["make", "-C", str(root), "--no-print-directory", "-n", "train", "COMP=demo", "MODELS=embed"],
+                       env=make_env(), capture_output=True, text=True, timeout=300)
+    assert [line.split("--model ")[1].split()[0] for line in p.stdout.splitlines() if "--model " in line] == ["embed"]

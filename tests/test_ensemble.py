@@ -85,10 +85,25 @@ def test_noise_run_gets_no_weight_and_nested_score_is_honest(synthetic):
     assert all(m["nested_score"] > s for s in m["run_scores"].values())
     # in-sample: each method fitted and scored on all OOF rows, the best of them picked there too
     assert m["nested_score"] <= max(m["in_sample"].values())
-    assert set(m["in_sample"]) == set(m["method_cv"]) == {"mean", "rank", "caruana", "optimise", "stack"}
+    assert set(m["in_sample"]) == set(m["method_cv"]) == {"best", "mean", "rank", "caruana", "optimise", "stack"}
     oof = pd.read_csv(out / "oof.csv", dtype={"id": str})
     assert list(oof["id"]) == list(train["id"])
     assert score("micro_f1", train["label"], oof[prob_columns(4)].to_numpy()) == pytest.approx(m["nested_score"])
+
+
+def test_ensemble_never_loses_to_its_best_member_and_prefers_the_simplest(synthetic):
+    """One strong run beside two weak ones: averaging would dilute it, so the best single run
+    wins; and with equal candidates, the simplest method in the list is picked."""
+    train, _ = synthetic("micro_f1")
+    y, folds = train["label"].to_numpy(), train["fold"].to_numpy()
+    rng = np.random.default_rng(1)
+    strong = np.full((len(y), 4), 0.02)
+    strong[np.arange(len(y)), np.where(rng.random(len(y)) < 0.9, y, (y + 1) % 4)] = 0.94
+    _fake_run("syn", "strong", strong, np.full((40, 4), 0.25), train, [f"t{i}" for i in range(40)], "micro_f1")
+    m = read_json(ensemble.run("syn", ["strong", "c"], use_tta=False) / "metrics.json")
+    assert m["nested_score"] >= m["run_scores"]["strong"] - 1e-9
+    same = {"mean": strong, "rank": strong.copy(), "stack": strong.copy()}
+    assert ensemble.choose(same, y, folds, [0, 1, 2], "micro_f1") == "mean"
 
 
 def test_ensemble_submission_validates_and_single_run_works(synthetic, project):

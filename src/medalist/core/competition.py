@@ -95,10 +95,14 @@ class Competition:
     folds: Folds = Folds()
     description: dict[str, str] = dataclasses.field(default_factory=dict)  # label → one line
     check_models: tuple[str, ...] = ()  # model configs whose tokenizers `make check` measures
+    # the runs `make all`/`make train` train when MODELS is not given (chosen for a 2-core CPU)
+    default_models: tuple[str, ...] = ("tfidf", "embed", "minilm")
 
     def validate(self, where: str) -> None:
         if len(self.labels) < 2:
             raise UserError(f"{where}: needs at least two labels")
+        if not self.default_models:
+            raise UserError(f"{where}: default_models is empty")
         if len(set(self.labels)) != len(self.labels):
             raise UserError(f"{where}: labels repeat")
         if not self.inputs.kinds:
