@@ -6,14 +6,15 @@ Config: configs/competitions/<comp>.yaml (see configs/competitions/demo.yaml for
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Annotated, Literal
 
 import numpy as np
 import pandas as pd
 
-from medalist.core.config import NonNegative, Range, UserError
 from medalist.core import config as C
+from medalist.core import image_layouts as layouts
+from medalist.core.config import AtLeastOne, Fraction, NonNegative, Positive, Range, UserError
 from medalist.core.io import read_csv
 from medalist.core.metrics import METRICS
 
@@ -55,11 +56,47 @@ class TextInput:
 
 
 @dataclasses.dataclass(frozen=True)
+class UrlImages:
+    """inputs.image.urls: the image column holds URLs, fetched by `make download` (clients/images_http.py)."""
+
+    dir: str = "images"  # where under data/raw/<comp>/ the fetched files go, named by a hash of the URL
+    workers: Annotated[int, AtLeastOne] = 16  # requests at once: image hosts are slow to answer, not busy
+    timeout_s: Annotated[float, Positive] = 30.0  # per try, from connecting to the last byte
+    retries: Annotated[int, NonNegative] = 3  # tries again after a timeout, a dropped connection, 429 or 5xx
+    backoff_s: Annotated[float, NonNegative] = 1.0  # waits backoff_s * 2**k before the k-th retry
+    max_mb: Annotated[float, Positive] = 20.0  # a larger file is skipped: a video or archive behind an image link
+    max_missing: Annotated[float, Fraction] = 0.05  # download fails when a larger share of rows has no image
+
+
+@dataclasses.dataclass(frozen=True)
 class ImageInput:
-    column: str  # each row's image: a file name or a path relative to the folder below
-    train_dir: str = ""  # folder under data/raw/<comp>/ holding train.csv's images ("" = the top)
-    test_dir: str = ""  # the same for test.csv's images
-    extension: str = ""  # appended to every value when the column holds bare ids, e.g. ".jpg"
+    """Where each row's image is: see core/image_layouts.py and configs/competitions/example-images.yaml."""
+
+    column: str = ""  # table layouts: train/test.csv's column naming each image (file name, path or URL)
+    train_dir: str = ""  # folder under data/raw/<comp>/ holding the train images ("" = the top)
+    test_dir: str = ""  # the same for the test images
+    extension: str = ""  # table: appended to every value when the column holds bare ids, e.g. ".jpg";
+    #                      folders: only files ending so are images (default: any image suffix)
+    train_layout: Literal["table", "class_folders"] = "table"  # class_folders: train_dir/<label>/…, no train.csv
+    test_layout: Literal["table", "folder"] = "table"  # folder: one test row per image in test_dir, no test.csv
+    ids: Literal["stem", "name"] = "stem"  # a row made from a file: its id is the name without/with the extension
+    urls: UrlImages | None = None  # set when the column holds URLs to fetch
+
+    def validate(self, where: str) -> None:
+        tables = self.train_layout == "table" or self.test_layout == "table"
+        if tables and not self.column:
+            raise UserError(f"{where}: missing required key 'column' (the train/test table's column naming each image)")
+        if not tables and self.column:
+            raise UserError(f"{where}: column '{self.column}' is read from no table (train_layout class_folders, "
+                            "test_layout folder); remove it")
+        if self.urls is not None and (not (self.train_layout == self.test_layout == "table")
+                                      or self.train_dir or self.test_dir or self.extension):
+            raise UserError(f"{where}: urls needs train_layout and test_layout table and no train_dir, test_dir "
+                            "or extension (fetched images go to urls.dir)")
+        for key, folder in (("train_dir", self.train_dir), ("test_dir", self.test_dir),
+                            ("urls.dir", self.urls.dir if self.urls else "")):
+            if not layouts.inside(folder):
+                raise UserError(f"{where}.{key}: '{folder}' must be a folder inside data/raw/<comp>/")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,6 +146,10 @@ class Competition:
             raise UserError(f"{where}: inputs declares no input (text: {{columns: […]}} and/or image: {{column: …}})")
         if self.inputs.text is not None and not self.inputs.text.columns:
             raise UserError(f"{where}: inputs.text.columns is empty")
+        image = self.inputs.image
+        if self.inputs.text is not None and image is not None and (image.train_layout, image.test_layout) != ("table", "table"):
+            raise UserError(f"{where}: inputs.text needs train and test tables, but inputs.image has "
+                            f"train_layout {image.train_layout} and test_layout {image.test_layout}")
         assert self.metric in METRICS
 
     @property
@@ -149,68 +190,50 @@ def _join_text(df: pd.DataFrame, cols) -> pd.Series:
     return text
 
 
-def _image_paths(df: pd.DataFrame, image: ImageInput, folder: str, raw_dir: Path, what: str) -> np.ndarray:
-    """Each row's image file as a path relative to `raw_dir`; every file must be there."""
-    values = df[image.column]
-    if values.isna().any():
-        row = int(np.flatnonzero(values.isna().to_numpy())[0])
-        raise UserError(f"{what}: empty image name in column '{image.column}' at row {row + 2}")
-    rel = [PurePosixPath(folder) / (str(v).strip() + image.extension) for v in values]
-    outside = [i for i, r in enumerate(rel) if r.is_absolute() or ".." in r.parts]
-    if outside:
-        i = outside[0]
-        raise UserError(f"{what}: image '{rel[i]}' at row {i + 2} is not inside {raw_dir}; "
-                        f"give paths relative to inputs.image's folder")
-    missing = [i for i, r in enumerate(rel) if not (raw_dir / r).is_file()]
-    if missing:
-        i = missing[0]
-        raise UserError(f"{what}: {len(missing)} of {len(rel)} images not found, e.g. {raw_dir / rel[i]} "
-                        f"(row {i + 2}); check inputs.image (column '{image.column}', folder '{folder}', "
-                        f"extension '{image.extension}')")
-    return np.array([r.as_posix() for r in rel], dtype=object)
-
-
 def _check_unique_ids(ids: pd.Series, what: str) -> None:
     dup = ids[ids.duplicated()]
     if len(dup):
         raise UserError(f"{what}: duplicate id '{dup.iloc[0]}' (row {dup.index[0] + 2})")
 
 
-def read_raw(comp: Competition, raw_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """Raw Kaggle files → train (id, [text], [image], label:int), test (id, [text], [image]), sample
-    submission. `text` joins the declared text columns; `image` is each row's file relative to raw_dir.
+def _allowed_labels(comp: Competition) -> dict[str, int]:
+    """How train.csv (or a class folder's name) writes each label → its index."""
+    if comp.label_encoding == "index":
+        return {str(i): i for i in range(comp.n_classes)}
+    return {name: i for i, name in enumerate(comp.labels)}
 
-    Every inconsistency a user's data can have ends in one UserError naming it.
-    """
-    f = comp.files
-    train = read_csv(raw_dir / f.train, f.train, dtype=str)
-    test = read_csv(raw_dir / f.test, f.test, dtype=str)
-    sample = read_csv(raw_dir / f.sample_submission, f.sample_submission, dtype=str)
-    for df, what in ((train, f.train), (test, f.test), (sample, f.sample_submission)):
-        if len(df) == 0:
-            raise UserError(f"{what}: has a header but no rows")
 
+def _read_table(raw_dir: Path, name: str) -> pd.DataFrame:
+    df = read_csv(raw_dir / name, name, dtype=str)
+    if len(df) == 0:
+        raise UserError(f"{name}: has a header but no rows")
+    return df
+
+
+def _declared(comp: Competition) -> list[str]:
     inp = comp.inputs
-    declared = [*(inp.text.columns if inp.text else ()), *([inp.image.column] if inp.image else [])]
-    _require_columns(train, [*declared, comp.label_column], f.train)
-    _require_columns(test, [comp.id_column, *declared], f.test)
+    return [*(inp.text.columns if inp.text else ()), *([inp.image.column] if inp.image else [])]
+
+
+def _train_rows(comp: Competition, raw_dir: Path) -> pd.DataFrame:
+    """id, [text], [image as the table writes it], label (int)."""
+    inp, f = comp.inputs, comp.files
+    if inp.image is not None and inp.image.train_layout == "class_folders":
+        return layouts.class_folder_rows(raw_dir, inp.image, _allowed_labels(comp), f"{inp.image.train_dir or '.'}/")
+    train = _read_table(raw_dir, f.train)
+    _require_columns(train, [*_declared(comp), comp.label_column], f.train)
     if comp.train_has_id:
         _require_columns(train, [comp.id_column], f.train)
-        train_ids = train[comp.id_column].astype(str)
+        ids = train[comp.id_column].astype(str)
     else:
-        train_ids = pd.Series([f"train-{i}" for i in range(len(train))])
-    _check_unique_ids(train_ids, f.train)
-    test_ids = test[comp.id_column].astype(str)
-    _check_unique_ids(test_ids, f.test)
+        ids = pd.Series([f"train-{i}" for i in range(len(train))])
+    _check_unique_ids(ids, f.train)
 
     raw_labels = train[comp.label_column]
     if raw_labels.isna().any():
         row = int(np.flatnonzero(raw_labels.isna().to_numpy())[0])
         raise UserError(f"{f.train}: empty label at row {row + 2}")
-    if comp.label_encoding == "index":
-        allowed = {str(i): i for i in range(comp.n_classes)}
-    else:
-        allowed = {name: i for i, name in enumerate(comp.labels)}
+    allowed = _allowed_labels(comp)
     bad = ~raw_labels.astype(str).str.strip().isin(list(allowed))
     if bad.any():
         row = int(np.flatnonzero(bad.to_numpy())[0])
@@ -218,30 +241,97 @@ def read_raw(comp: Competition, raw_dir: Path) -> tuple[pd.DataFrame, pd.DataFra
             f"{f.train}: unknown label '{raw_labels.iloc[row]}' at row {row + 2}; "
             f"allowed: {', '.join(allowed)}"
         )
-    labels = raw_labels.astype(str).str.strip().map(allowed).astype(int)
-
-    out_train = pd.DataFrame({"id": train_ids.to_numpy()})
-    out_test = pd.DataFrame({"id": test_ids.to_numpy()})
+    out = pd.DataFrame({"id": ids.to_numpy()})
     if inp.text is not None:
-        out_train["text"] = _join_text(train, inp.text.columns).to_numpy()
-        out_test["text"] = _join_text(test, inp.text.columns).to_numpy()
+        out["text"] = _join_text(train, inp.text.columns).to_numpy()
     if inp.image is not None:
-        out_train["image"] = _image_paths(train, inp.image, inp.image.train_dir, raw_dir, f.train)
-        out_test["image"] = _image_paths(test, inp.image, inp.image.test_dir, raw_dir, f.test)
-    out_train["label"] = labels.to_numpy()
+        out["image"] = train[inp.image.column].to_numpy()
+    out["label"] = raw_labels.astype(str).str.strip().map(allowed).astype(int).to_numpy()
+    return out
 
-    s = comp.submission
+
+def _test_rows(comp: Competition, raw_dir: Path) -> pd.DataFrame:
+    """id, [text], [image as the table writes it]."""
+    inp, f = comp.inputs, comp.files
+    if inp.image is not None and inp.image.test_layout == "folder":
+        return layouts.folder_rows(raw_dir, inp.image, f"{inp.image.test_dir or '.'}/")
+    test = _read_table(raw_dir, f.test)
+    _require_columns(test, [comp.id_column, *_declared(comp)], f.test)
+    ids = test[comp.id_column].astype(str)
+    _check_unique_ids(ids, f.test)
+    out = pd.DataFrame({"id": ids.to_numpy()})
+    if inp.text is not None:
+        out["text"] = _join_text(test, inp.text.columns).to_numpy()
+    if inp.image is not None:
+        out["image"] = test[inp.image.column].to_numpy()
+    return out
+
+
+def _check_sample(comp: Competition, sample: pd.DataFrame, test_ids: pd.Series) -> None:
+    f, s, image = comp.files, comp.submission, comp.inputs.image
     _require_columns(sample, [s.id_column], f.sample_submission)
     sample_ids = sample[s.id_column].astype(str)
     if len(sample_ids) != len(test_ids) or set(sample_ids) != set(test_ids):
         extra = sorted(set(sample_ids) - set(test_ids))[:1]
         missing = sorted(set(test_ids) - set(sample_ids))[:1]
+        from_files = image is not None and image.test_layout == "folder"
+        test_name = f"the files in {image.test_dir or '.'}/" if from_files else f.test
         raise UserError(
-            f"{f.sample_submission} disagrees with {f.test}: {len(sample_ids)} vs {len(test_ids)} ids"
+            f"{f.sample_submission} disagrees with {test_name}: {len(sample_ids)} vs {len(test_ids)} ids"
             + (f"; e.g. '{extra[0]}' only in {f.sample_submission}" if extra else "")
-            + (f"; e.g. '{missing[0]}' only in {f.test}" if missing else "")
+            + (f"; e.g. '{missing[0]}' only in {test_name}" if missing else "")
+            + (f" (ids are file names {'without' if image.ids == 'stem' else 'with'} their extension: "
+               f"inputs.image.ids: {image.ids})" if from_files else "")
         )
-    return out_train, out_test, sample
+
+
+def _rows(comp: Competition, raw_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Train and test rows (a table's image column as written, a folder layout's files found)
+    and the sample submission, every table validated: what read_raw and image_urls share."""
+    sample = _read_table(raw_dir, comp.files.sample_submission)
+    train = _train_rows(comp, raw_dir)
+    test = _test_rows(comp, raw_dir)
+    _check_sample(comp, sample, test["id"])
+    return train, test, sample
+
+
+def read_raw(comp: Competition, raw_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Raw Kaggle files → train (id, [text], [image], label:int), test (id, [text], [image]), sample
+    submission. `text` joins the declared text columns; `image` is each row's file relative to
+    raw_dir, in any layout of core/image_layouts.py; "" where a URL's image could not be fetched —
+    such train rows are left out of an image-only competition (they show a model nothing), test
+    rows always stay (every id needs a prediction).
+
+    Every inconsistency a user's data can have ends in one UserError naming it.
+    """
+    train, test, sample = _rows(comp, raw_dir)
+    image, f = comp.inputs.image, comp.files
+    if image is None:
+        return train, test, sample
+    for df, layout, folder, what in ((train, image.train_layout, image.train_dir, f.train),
+                                     (test, image.test_layout, image.test_dir, f.test)):
+        if layout != "table":
+            continue
+        if image.urls is not None:
+            df["image"] = layouts.url_image_paths(df["image"], image.urls, raw_dir)
+        else:
+            df["image"] = layouts.table_image_paths(df["image"], image, folder, raw_dir, what)
+    lacking = (train["image"] == "").to_numpy()
+    if lacking.any() and comp.inputs.kinds == ("image",):
+        if lacking.all():
+            raise UserError(f"{f.train}: no train row has an image (see download_report.csv)")
+        print(f"note: {int(lacking.sum())} of {len(train)} train rows have no image (see download_report.csv) "
+              "and are left out: an image-only competition learns nothing from them")
+        train = train[~lacking].reset_index(drop=True)
+    return train, test, sample
+
+
+def image_urls(comp: Competition, raw_dir: Path) -> pd.DataFrame:
+    """(split, id, url) of every row of an `inputs.image.urls` competition; its tables are
+    validated first, as read_raw validates them, so a download fails before fetching anything."""
+    train, test, _ = _rows(comp, raw_dir)
+    return pd.concat([pd.DataFrame({"split": split, "id": df["id"], "url": df["image"]})
+                      for split, df in (("train", train), ("test", test))], ignore_index=True)
 
 
 # ---------------------------------------------------------------- submissions

@@ -3,7 +3,9 @@
 - exact: the same file bytes (SHA-256), or the same decoded pixels at HASH_SIZE (a re-save of
   the same picture under another name or format).
 - near: a perceptual-hash (pHash) Hamming distance of at most MAX_PHASH_DISTANCE, confirmed by
-  the grey pixels themselves differing by at most MAX_PIXEL_MAE on average. pHash alone is too
+  the grey pixels themselves (each less its mean brightness): their mean absolute difference at
+  most MAX_PIXEL_MAE and at most MAX_RELATIVE_MAE of the images' own contrast (on flat pictures
+  everything differs little). pHash alone is too
   loose on uniform data (on fashion-products, distance ≤ 10 links most of train), so it only
   proposes pairs.
 
@@ -27,9 +29,13 @@ from medalist.image.cache import images
 HASH_SIZE = 32  # the standard pHash input: a 32×32 grey image, its 8×8 lowest DCT frequencies
 # pHash proposes: re-encodes, small resizes, noise and brightness shifts stay within ~6 bits of 64
 MAX_PHASH_DISTANCE = 10
-# and pixels confirm: a mean absolute grey difference (0–255) that JPEG re-encoding, mild noise and
-# small shifts stay under, while two different photos of the same kind of object are far above it
-MAX_PIXEL_MAE = 6.0
+# and pixels confirm: a mean absolute grey difference (0–255) that re-encoding, mild noise and
+# resizing stay under (demo-images' planted copies: ≤ 3.7), while two different trousers of
+# fashion-products mostly sit above it
+MAX_PIXEL_MAE = 5.0
+# relative to the pair's mean absolute deviation from their mean grey: planted copies ≤ 0.15,
+# two different small shapes on a plain background ≥ 0.2 although their plain MAE is small
+MAX_RELATIVE_MAE = 0.15
 _CHUNK = 1024  # rows of the pairwise distance computed at once: 1024 × n bytes of memory
 
 
@@ -133,7 +139,8 @@ def _complete_linkage(n: int, pairs: np.ndarray, order: np.ndarray, start: np.nd
 
 
 def find_duplicates(image_paths: Sequence[str], processed_dir: Path | None = None,
-                    max_distance: int = MAX_PHASH_DISTANCE, max_mae: float = MAX_PIXEL_MAE) -> Duplicates:
+                    max_distance: int = MAX_PHASH_DISTANCE, max_mae: float = MAX_PIXEL_MAE,
+                    max_relative: float = MAX_RELATIVE_MAE) -> Duplicates:
     """Exact and near duplicates among these images (paths relative to the project root)."""
     paths = list(image_paths)
     pixels, readable = images(paths, HASH_SIZE, processed_dir)
@@ -143,9 +150,11 @@ def find_duplicates(image_paths: Sequence[str], processed_dir: Path | None = Non
     reps = np.flatnonzero(readable & (exact == np.arange(len(paths))))
     g = grey(pixels[reps])
     i, j, _ = candidate_pairs(phash(g), max_distance)
+    g -= g.mean(axis=(1, 2), keepdims=True)  # a brightened copy is still a copy
+    contrast = np.abs(g).mean(axis=(1, 2))
     mae = np.concatenate([np.abs(g[i[s:s + 4096]] - g[j[s:s + 4096]]).mean(axis=(1, 2))
                           for s in range(0, len(i), 4096)]) if len(i) else np.zeros(0, np.float32)
-    ok = mae <= max_mae
+    ok = (mae <= max_mae) & (mae <= max_relative * (contrast[i] + contrast[j]) / 2)
     pairs = np.stack([reps[i[ok]], reps[j[ok]]], axis=1) if ok.any() else np.zeros((0, 2), np.int64)
     mae = mae[ok]
     order = np.lexsort((pairs[:, 1], pairs[:, 0], mae)) if len(pairs) else np.zeros(0, np.int64)

@@ -38,6 +38,12 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
            ("models/families/hf_text.py", "models/backbones.py", *_ENGINE)),
     Family("decoder_lora", "medalist.models.families.hf_text", "accelerate",
            ("models/families/hf_text.py", "models/backbones.py", *_ENGINE)),
+    Family("image_embed", "medalist.models.families.image_embed", "inprocess",
+           ("models/families/image_embed.py", "image/features.py", "image/weights.py", "image/cache.py",
+            "image/decode.py")),
+    Family("autoencoder", "medalist.models.families.autoencoder", "accelerate",
+           ("models/families/autoencoder.py", "models/families/image_embed.py", "image/features.py",
+            "image/weights.py", "image/cache.py", "image/decode.py", *_ENGINE)),
 )}
 COMMON_SOURCES = ("stages/train.py", "models/__init__.py", "models/registry.py")
 

@@ -14,10 +14,19 @@ Writes: data/raw/<comp>/ holding `.complete`, a JSON stamp of where the files ca
         changed) COMP_DIR / COMP_ZIP stops with one line saying to remove data/raw/<comp> first.
         Zips must unpack to at most MEDALIST_UNZIP_MAX_GB (default 200) GiB in all and at most
         MEDALIST_UNZIP_MAX_RATIO (default 200) times their own size, so a zip bomb is refused.
+        Zips inside the download (Kaggle's train.zip, train.csv.zip) are unpacked where they lie
+        and removed, all levels together within the same limits.
+        Image URLs (`inputs.image.urls`): every image is fetched into data/raw/<comp>/<urls.dir>/
+        (clients/images_http.py) and each row's outcome listed in download_report.csv (url, id,
+        split, status, reason). Fetched images wait in data/raw/.<comp>.url-images/ until the
+        download is stamped, so a killed download, or one refused because more than
+        `urls.max_missing` of the rows have no image, keeps them: a rerun fetches only the rest.
 Run:    python -m medalist.stages.download --comp NAME [--dir PATH | --zip PATH.zip]   (make download)
 """
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -31,17 +40,23 @@ from pathlib import Path
 from kagglesdk.competitions.types.competition_api_service import ApiDownloadDataFilesRequest
 from tqdm import tqdm
 
+from medalist.clients.images_http import Fetched, fetch_images
 from medalist.clients.kaggle import Api
 from medalist.core import config as C
-from medalist.core.competition import Competition, load_competition, read_raw
+from medalist.core.competition import Competition, image_urls, load_competition, read_raw
 from medalist.core.config import Paths, UserError, cli, stage_parser
+from medalist.core.io import write_csv
 from medalist.core.locks import stage_lock
 
 STAMP = ".complete"
+REPORT = "download_report.csv"
+MAX_NESTING = 3  # zips in zips in zips: Kaggle nests one level; deeper is an archive quine or a bomb
 GIB = 1 << 30
 # Kaggle's CSV zips unpack to 3-20x; 200x leaves room for very repetitive tables, and a zip
 # bomb (1 MB → 1 GiB is 1000x) still stops before it fills the disk.
 UNZIP_LIMITS = {"MEDALIST_UNZIP_MAX_GB": 200.0, "MEDALIST_UNZIP_MAX_RATIO": 200.0}
+# `source: demo` competitions → the module of medalist.demos that writes their files
+DEMOS = {"demo": "text", "demo-images": "images"}
 
 
 def run(comp: Competition, comp_dir: Path | None = None, comp_zip: Path | None = None, backoff_base: float = 2.0) -> Path:
@@ -50,9 +65,11 @@ def run(comp: Competition, comp_dir: Path | None = None, comp_zip: Path | None =
     paths = Paths(comp.name)
     raw = paths.raw
     shown = raw.relative_to(C.root())
-    leftovers = [(raw.parent, f".{comp.name}.*.tmp")]
+    cache = raw.parent / f".{comp.name}.url-images"  # fetched images, kept until the data is stamped
+    leftovers = [(raw.parent, f".{comp.name}.*.tmp"), (cache, "*.tmp")]
     with stage_lock(paths, "download", leftovers):
         if (raw / STAMP).exists():
+            shutil.rmtree(cache, ignore_errors=True)  # a download killed right after its rename left it
             _check_same_source(raw, comp_dir, comp_zip)
             print(f"{shown} is already complete (`rm -rf {shown}` to download again)")
             return raw
@@ -70,6 +87,9 @@ def run(comp: Competition, comp_dir: Path | None = None, comp_zip: Path | None =
         try:
             files = stage / comp.name
             origin = _fetch(comp, comp_dir, comp_zip, stage, files, backoff_base)
+            _check_files(comp, files, origin)
+            if comp.inputs.image is not None and comp.inputs.image.urls is not None:
+                _fetch_url_images(comp, files, cache, origin)
             _validate(comp, files, origin)
             stamp = {
                 **origin,
@@ -79,6 +99,7 @@ def run(comp: Competition, comp_dir: Path | None = None, comp_zip: Path | None =
             # The stamp goes in before the rename, so the folder appears complete or not at all.
             (files / STAMP).write_text(json.dumps(stamp, indent=2) + "\n", encoding="utf-8")
             os.replace(files, raw)
+            shutil.rmtree(cache, ignore_errors=True)  # its images are linked into raw now
         finally:
             shutil.rmtree(stage, ignore_errors=True)
     print(f"wrote {shown} from {origin['source']}")
@@ -93,20 +114,24 @@ def _fetch(comp: Competition, comp_dir: Path | None, comp_zip: Path | None, stag
         if not comp_dir.is_dir():
             raise UserError(f"COMP_DIR={comp_dir}: not a folder")
         shutil.copytree(comp_dir, files)
+        inner = sum(p.stat().st_size for p in _zips_in(files))
+        _unpack_nested(files, f"COMP_DIR={comp_dir}", _Budget(packed=inner))
     elif comp_zip is not None:
         origin = _origin_of(None, comp_zip)
-        _unzip(comp_zip, files, f"COMP_ZIP={comp_zip}")
+        _unpack(comp_zip, files, f"COMP_ZIP={comp_zip}")
     elif comp.source == "demo":
-        from medalist.demos.text import write_demo  # only the demo needs its generator
+        import importlib  # only a demo needs its generator
 
+        if comp.name not in DEMOS:
+            raise UserError(f"'{comp.name}': `source: demo` is for the built-in demos ({', '.join(DEMOS)}); use kaggle or local")
         origin = {"source": "demo", "fingerprint": None}
         files.mkdir()
-        write_demo(files)
+        importlib.import_module(f"medalist.demos.{DEMOS[comp.name]}").write_demo(files)
     else:
         origin = {"source": f"kaggle:{comp.slug}", "fingerprint": None}
         archive = stage / f"{comp.slug}.zip"
         _download_kaggle(comp, archive, backoff_base)
-        _unzip(archive, files, f"Kaggle's download for '{comp.slug}'")
+        _unpack(archive, files, f"Kaggle's download for '{comp.slug}'")
     return origin
 
 
@@ -147,33 +172,130 @@ def _check_same_source(raw: Path, comp_dir: Path | None, comp_zip: Path | None) 
     raise UserError(f"{why}: `rm -rf {shown}` and rerun to use {asked}, or leave {asked.split('=')[0]} out to keep them")
 
 
-def _validate(comp: Competition, files: Path, origin: dict) -> None:
-    """Refuse what `make folds` would refuse, before anything is stamped."""
+def _check_files(comp: Competition, files: Path, origin: dict) -> None:
+    """The tables the config names are there (a folder layout has no train.csv or test.csv)."""
+    f, image = comp.files, comp.inputs.image
+    wanted = [f.sample_submission]
+    if image is None or image.train_layout == "table":
+        wanted.append(f.train)
+    if image is None or image.test_layout == "table":
+        wanted.append(f.test)
+    missing = [name for name in wanted if not (files / name).is_file()]
+    if missing:
+        has = sorted(p.name for p in files.iterdir()) if files.is_dir() else []
+        raise UserError(
+            f"{origin['source']} has no {', '.join(missing)} (it has: {', '.join(has) or 'nothing'}); "
+            f"fix `files:` in configs/competitions/{comp.name}.yaml"
+        )
+
+
+@contextlib.contextmanager
+def _refused(comp: Competition, origin: dict):
+    """A data error found here names the source and says that nothing was stored."""
     where = origin["source"]
     if where.startswith("kaggle:"):
         fix = f"fix configs/competitions/{comp.name}.yaml"
     else:
         fix = f"fix the files or configs/competitions/{comp.name}.yaml, then rerun `make download`"
-    f = comp.files
-    missing = [name for name in (f.train, f.test, f.sample_submission) if not (files / name).is_file()]
-    if missing:
-        has = sorted(p.name for p in files.iterdir()) if files.is_dir() else []
-        raise UserError(
-            f"{where} has no {', '.join(missing)} (it has: {', '.join(has) or 'nothing'}); "
-            f"fix `files:` in configs/competitions/{comp.name}.yaml"
-        )
     try:
-        read_raw(comp, files)
+        yield
     except UserError as e:
         raise UserError(f"{where} was not stored: {e}; {fix}") from None
 
 
-def _unzip(archive: Path, dst: Path, what: str) -> None:
+def _validate(comp: Competition, files: Path, origin: dict) -> None:
+    """Refuse what `make folds` would refuse, before anything is stamped."""
+    with _refused(comp, origin):
+        read_raw(comp, files)
+
+
+def _fetch_url_images(comp: Competition, files: Path, cache: Path, origin: dict) -> None:
+    """Every image of the URL column into files/<urls.dir>/ and each row's outcome into
+    files/download_report.csv; refused (one line, the report kept beside `cache`) when more than
+    `urls.max_missing` of the rows have no image."""
+    urls = comp.inputs.image.urls
+    with _refused(comp, origin):  # the tables are checked before a single image is fetched
+        rows = image_urls(comp, files)
+    rows["url"] = rows["url"].fillna("").astype(str).str.strip()
+    outcome = fetch_images([u for u in rows["url"] if u], cache, urls)
+    got = [outcome[u] if u else Fetched("bad_url", "no URL") for u in rows["url"]]
+    report = rows[["url", "id", "split"]].assign(status=["ok" if o.ok else o.status for o in got],
+                                                  reason=["" if o.ok else o.reason for o in got])
+    write_csv(cache / REPORT, report)  # where the user finds it if the download is refused below
+    missing = report[report["status"] != "ok"]
+    now = sum(o.status == "ok" for o in outcome.values())
+    print(f"images: {now} fetched, {len(outcome) - now - sum(not o.ok for o in outcome.values())} from an "
+          f"earlier run; {len(missing)} of {len(report)} rows have none")
+    share = len(missing) / len(report)
+    if share > urls.max_missing:
+        first = missing.iloc[0]
+        raise UserError(
+            f"{len(missing)} of {len(report)} rows ({share:.1%}) have no image, more than inputs.image.urls."
+            f"max_missing ({urls.max_missing:.1%}), e.g. {first['url'] or first['split'] + ' id ' + first['id']}: "
+            f"{first['status']} {first['reason']}; every row's outcome is in {(cache / REPORT).relative_to(C.root())}. "
+            "A rerun fetches only the missing ones; raise max_missing to go on without them"
+        )
+    dst = files / urls.dir
+    dst.mkdir(parents=True, exist_ok=True)
+    for o in outcome.values():
+        if o.ok and not (dst / o.file).exists():
+            try:  # a hard link: no second copy of a large image set on disk
+                os.link(cache / o.file, dst / o.file)
+            except OSError:
+                shutil.copy2(cache / o.file, dst / o.file)
+    write_csv(files / REPORT, report)
+
+
+@dataclasses.dataclass
+class _Budget:
+    """What one download may unpack, all nesting levels together: the unzip limits apply to the
+    sum, against the size of what was downloaded (`packed`)."""
+
+    packed: int
+    unpacked: int = 0
+
+
+def _unpack(archive: Path, dst: Path, what: str) -> None:
+    """Unzip the download into `dst`, then the zips it holds."""
     if not archive.is_file():
         raise UserError(f"{what}: file not found")
+    budget = _Budget(packed=archive.stat().st_size)
+    _unzip(archive, dst, what, budget)
+    _unpack_nested(dst, what, budget)
+
+
+def _zips_in(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() == ".zip"
+                  and not any(part.startswith(".") or part == "__MACOSX" for part in p.relative_to(folder).parts))
+
+
+def _unpack_nested(files: Path, what: str, budget: _Budget) -> None:
+    """Zips inside the download unpacked where they lie, then removed, until none is left. A zip
+    of one folder or one file unpacks beside itself (train.zip holding train/…, train.csv.zip);
+    a zip of loose files into a folder named after it (train.zip holding 1.jpg … → train/)."""
+    for _ in range(MAX_NESTING):
+        inner = _zips_in(files)
+        if not inner:
+            return
+        for z in inner:
+            shown = f"{what}: {z.relative_to(files)}"
+            try:
+                with zipfile.ZipFile(z) as zf:
+                    names = [n for n in zf.namelist() if not n.startswith("__MACOSX/")]
+            except zipfile.BadZipFile as e:
+                raise UserError(f"{shown}: not a zip file ({e})") from None
+            tops = {n.split("/")[0] for n in names}
+            beside = len(tops) == 1 and (len(names) == 1 or any("/" in n for n in names))
+            _unzip(z, z.parent if beside else z.parent / z.stem, shown, budget)
+            z.unlink()
+    if _zips_in(files):
+        raise UserError(f"{what}: zips nested more than {MAX_NESTING} deep; unpack it yourself and pass COMP_DIR")
+
+
+def _unzip(archive: Path, dst: Path, what: str, budget: _Budget) -> None:
     try:
         with zipfile.ZipFile(archive) as zf:
-            _check_unzip_size(zf, archive.stat().st_size, dst.parent, what)
+            _check_unzip_size(zf, budget, dst.parent, what)
             # extractall drops absolute paths and '..' parts, and writes no more than each
             # member's declared size, so the check above bounds what lands on disk
             zf.extractall(dst)
@@ -181,10 +303,10 @@ def _unzip(archive: Path, dst: Path, what: str) -> None:
         raise UserError(f"{what}: not a zip file ({e})") from None
 
 
-def _check_unzip_size(zf: zipfile.ZipFile, packed: int, where: Path, what: str) -> None:
+def _check_unzip_size(zf: zipfile.ZipFile, budget: _Budget, where: Path, what: str) -> None:
     max_gb, max_ratio = (_limit(name) for name in UNZIP_LIMITS)
-    total = sum(i.file_size for i in zf.infolist())
-    ratio = total / max(packed, 1)
+    total = budget.unpacked + sum(i.file_size for i in zf.infolist())
+    ratio = total / max(budget.packed, 1)
     if total > max_gb * GIB:
         raise UserError(
             f"{what}: unpacks to {total / GIB:.2f} GiB, over the {max_gb:g} GiB limit "
@@ -192,12 +314,14 @@ def _check_unzip_size(zf: zipfile.ZipFile, packed: int, where: Path, what: str) 
         )
     if ratio > max_ratio:
         raise UserError(
-            f"{what}: unpacks to {total / GIB:.2f} GiB from {packed / (1 << 20):.2f} MiB, {ratio:.0f} times "
+            f"{what}: unpacks to {total / GIB:.2f} GiB from {budget.packed / (1 << 20):.2f} MiB, {ratio:.0f} times "
             f"its size, over the {max_ratio:g}x limit — a zip bomb? (MEDALIST_UNZIP_MAX_RATIO=… raises it)"
         )
     free = shutil.disk_usage(where).free
-    if total > free:
-        raise UserError(f"{what}: unpacks to {total / GIB:.2f} GiB, only {free / GIB:.2f} GiB free in {where.relative_to(C.root())}")
+    if total - budget.unpacked > free:
+        raise UserError(f"{what}: unpacks to {(total - budget.unpacked) / GIB:.2f} GiB, only {free / GIB:.2f} GiB "
+                        f"free in {where.relative_to(C.root())}")
+    budget.unpacked = total
 
 
 def _limit(name: str) -> float:

@@ -10,8 +10,10 @@ Run     python -m medalist.stages.folds --comp demo
 
 Cleaning the competition config turns on (byte-string literals decoded, HTML stripped, URLs and
 emails replaced by markers) happens here, once, for every model. Folds are stratified by label
-and grouped so exact and near-duplicate texts land in the same fold (correctness rule 2); rows
-without text (image-only competitions) are grouped alone for now.
+and grouped (correctness rule 2): exact and near-duplicate texts (`text.dedup`) and exact and
+near-duplicate images (`image.dedup`) land in the same fold. In an image-only competition a train
+image that does not decode is left out, with a note (it has nothing to learn from); a test row
+always stays, whatever its image: every id needs a prediction.
 """
 from __future__ import annotations
 
@@ -24,14 +26,14 @@ from medalist.core import config as C
 from medalist.core.competition import Competition, load_competition, read_raw
 from medalist.core.config import Paths, UserError, stage_parser
 from medalist.core.io import write_csv
+from medalist.image.dedup import find_duplicates
 from medalist.text.clean import clean
 from medalist.text.dedup import near_duplicate_groups
 
 
-def assign_folds(texts: list[str] | None, labels: np.ndarray, n_folds: int, seed: int, threshold: float) -> np.ndarray:
-    """Fold of each row; `texts` None (no text input) puts every row in a group of its own."""
+def assign_folds(groups: np.ndarray, labels: np.ndarray, n_folds: int, seed: int) -> np.ndarray:
+    """Fold of each row: stratified by label, each group of rows whole in one fold."""
     n = len(labels)
-    groups = np.arange(n) if texts is None else near_duplicate_groups(texts, threshold=threshold, seed=seed)
     counts = np.bincount(labels)
     if counts[counts > 0].min() < n_folds:
         rare = int(np.flatnonzero((counts > 0) & (counts < n_folds))[0])
@@ -41,6 +43,25 @@ def assign_folds(texts: list[str] | None, labels: np.ndarray, n_folds: int, seed
     for k, (_, val_idx) in enumerate(skf.split(np.zeros(n), labels, groups)):
         fold[val_idx] = k
     return fold
+
+
+def _joined(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """One grouping from two: rows share a group when either grouping puts them together."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    n = len(a)
+    edges = np.r_[a, b]
+    m = coo_matrix((np.ones(2 * n), (np.r_[np.arange(n), np.arange(n)], edges)), shape=(n, n))
+    return connected_components(m, directed=False)[1]
+
+
+def _drop_unreadable(train, readable: np.ndarray):
+    """An image-only row whose image does not decode cannot train: leave it out, with a note."""
+    bad = train.loc[~readable, "image"].tolist()
+    shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+    print(f"note: {len(bad)} train image(s) do not decode and are left out: {shown}")
+    return train.loc[readable].reset_index(drop=True)
 
 
 def run(comp: Competition) -> Path:
@@ -57,8 +78,19 @@ def run(comp: Competition) -> Path:
     if "image" in train.columns:
         for df in (train, test):
             df["image"] = [(paths.raw / p).relative_to(C.root()).as_posix() for p in df["image"]]
-    train["fold"] = assign_folds(train["text"].tolist() if has_text else None, train["label"].to_numpy(),
-                                 comp.folds.n, comp.folds.seed, comp.folds.near_dup_threshold)
+    groups = None
+    if has_text:
+        groups = near_duplicate_groups(train["text"].tolist(), threshold=comp.folds.near_dup_threshold,
+                                       seed=comp.folds.seed)
+    if "image" in train.columns:
+        dup = find_duplicates(train["image"].tolist())
+        image_groups = dup.group
+        if not has_text and not dup.readable.all():  # with text to read, the row still trains
+            train, image_groups = _drop_unreadable(train, dup.readable), dup.group[dup.readable]
+        groups = image_groups if groups is None else _joined(groups, image_groups)
+        if len(train) < comp.folds.n:
+            raise UserError(f"{comp.files.train}: {len(train)} readable images, fewer than {comp.folds.n} folds")
+    train["fold"] = assign_folds(groups, train["label"].to_numpy(), comp.folds.n, comp.folds.seed)
     write_csv(paths.processed / "test.csv", test)
     out = write_csv(paths.processed / "train.csv", train)
     sizes = train.groupby("fold").size().tolist()

@@ -175,7 +175,10 @@ def _assemble(comp, train: pd.DataFrame, test: pd.DataFrame, run_dir: Path, name
         "predict_seconds": float(sum(i.get("predict_seconds", 0.0) for i in infos)),
         "train_samples_per_s": _mean([i.get("train_samples_per_s") for i in infos]),
         "peak_rss_mb": max(d["peak_rss_mb"] for d in dones),
-        "threads": max(d.get("threads", 0) for d in dones),  # per process: cores / (make jobs x processes)
+        "threads": max(d.get("threads", 0) for d in dones),
+        # seed averaging: each seed's fold scores (the fold's probabilities are their mean)
+        "seed_fold_scores": ({str(seed): [i["seed_scores"][j] for i in infos] for j, seed in enumerate(infos[0]["seeds"])}
+                             if all("seed_scores" in i for i in infos) else None),  # per process: cores / (make jobs x processes)
         "peak_gpu_mb": max([i.get("peak_gpu_mb", 0.0) for i in infos] or [0.0]),
         "optimistic": any(i.get("optimistic", False) for i in infos),
         "device": infos[0].get("device", "cpu"),

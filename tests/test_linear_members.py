@@ -1,0 +1,43 @@
+"""The cheap linear members beside `tfidf` (issue 12): each config trains a fold of the demo
+above the majority class and reloads to the same probabilities."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from medalist.core.competition import load_competition
+from medalist.core.io import align
+from medalist.models.registry import load_run_predictor
+from medalist.stages import download, folds, train
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    import os
+    import shutil
+
+    from conftest import REPO
+
+    root = tmp_path_factory.mktemp("linear")
+    shutil.copytree(REPO / "configs", root / "configs")
+    old = {k: os.environ.get(k) for k in ("MEDALIST_ROOT", "MEDALIST_CONFIGS")}
+    os.environ.update(MEDALIST_ROOT=str(root), MEDALIST_CONFIGS=str(root / "configs"))
+    download.run(load_competition("demo"))
+    folds.run(load_competition("demo"))
+    yield root
+    for k, v in old.items():
+        os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+
+
+@pytest.mark.parametrize("model", ["tfidf-svm", "tfidf-nbsvm", "tfidf-sgd"])
+def test_linear_member_trains_and_reloads(demo, model):
+    run_dir = train.run("demo", model, folds=[0])
+    tr = pd.read_csv(demo / "data/processed/demo/train.csv", dtype={"id": str}, keep_default_na=False)
+    va = tr[tr["fold"] == 0]
+    saved = align(pd.read_csv(run_dir / "fold0/val.csv", dtype={"id": str}), va["id"])
+    assert np.allclose(saved.sum(axis=1), 1.0)
+    majority = va["label"].value_counts(normalize=True).max()
+    assert (saved.argmax(axis=1) == va["label"].to_numpy()).mean() > majority + 0.3
+    again = load_run_predictor(run_dir, 0, len(load_competition("demo").labels))(va[["id", "text"]].iloc[::-1])
+    assert np.allclose(again[::-1], saved, atol=1e-9)
