@@ -9,12 +9,14 @@ MAKEFLAGS += --no-builtin-rules
 # ---------------------------------------------------------------- knobs (make VAR=value)
 COMP     ?= demo#            competition: configs/competitions/$(COMP).yaml
 MODELS   ?=#                 runs to train / ensemble (configs/models/<m>.yaml); default: the competition's default_models
-USE_GEN  ?= 0#               1: train on generated rows too (runs get a +gen suffix)
+USE_GEN  ?= 0#               1: train on every generated source too (runs get a +gen suffix)
+GEN      ?=#                 or some of them: e.g. aug,pseudo (of aug,llm,pseudo; runs get +aug+pseudo)
 TTA      ?= 1#               1: the ensemble reads each run's tta/ (used only where it helps OOF)
 FOLDS    ?=#                 e.g. 0,1: train a subset for a quick look (run stays unfinished)
 COMP_DIR ?=#                 a local folder holding the competition files
 COMP_ZIP ?=#                 a local zip of the competition files
-RUN      ?=#                 one run, for `make submission` / `make predict`
+RUN      ?=#                 one run, for `make submission` / `make predict`; the teacher run(s), for `make pseudo`
+MODEL    ?=#                 a pretraining config, for `make pretrain` (configs/pretrain/<m>.yaml)
 CKPT     ?=#                 a checkpoint folder, for `make predict`
 FILE     ?=#                 a submission file, for `make submit` / `make score`
 ANSWERS  ?=#                 an answers CSV (id,label), for `make score`
@@ -29,7 +31,7 @@ BENCH_ARGS   ?=#                             e.g. --parts speed,growth  --quick 
 # expands no `$(…)` in it) and reaches programs as an environment variable ("$$FILE") or as a
 # name checked against configs/, never pasted into a command line. So quotes, `$(…)`,
 # backticks, spaces and newlines in a path or a message run nothing and arrive unchanged.
-$(foreach v,COMP MODELS USE_GEN TTA FOLDS COMP_DIR COMP_ZIP RUN CKPT FILE ANSWERS MESSAGE \
+$(foreach v,COMP MODELS USE_GEN GEN TTA FOLDS COMP_DIR COMP_ZIP RUN MODEL CKPT FILE ANSWERS MESSAGE \
   BENCH_COMP BENCH_DIR BENCH_MODELS BENCH_NEURAL BENCH_ARGS,$(eval override $(v) := $$(value $(v))))
 export FOLDS COMP_DIR COMP_ZIP CKPT FILE ANSWERS MESSAGE BENCH_COMP BENCH_DIR BENCH_MODELS BENCH_NEURAL BENCH_ARGS
 
@@ -47,10 +49,20 @@ eq        = $(and $(findstring $(1),$(2)),$(findstring $(2),$(1)))
 is_config = $(and $(filter 1,$(words $(2))),$(call eq,$(wildcard $(1)/$(2).yaml),$(1)/$(2).yaml))
 $(if $(call is_config,configs/competitions,$(COMP)),,$(error unknown competition '$(COMP)': no configs/competitions/$(COMP).yaml))
 $(if $(filter-out 0 1,$(USE_GEN)),$(error USE_GEN must be 0 or 1, not '$(USE_GEN)'))
+comma := ,
+empty :=
+space := $(empty) $(empty)
+$(if $(filter-out aug llm pseudo,$(subst $(comma), ,$(GEN))),$(error GEN must list generated sources of aug,llm,pseudo (comma-separated), not '$(GEN)'))
+$(if $(and $(filter 1,$(USE_GEN)),$(GEN)),$(error give USE_GEN=1 (every generated source) or GEN=… (some of them), not both))
+GEN_LIST := $(filter $(subst $(comma), ,$(GEN)),aug llm pseudo)#  checked above; in this order, each once
 $(if $(filter-out 0 1,$(TTA)),$(error TTA must be 0 or 1, not '$(TTA)'))
-# `make submission` / `make predict`: a run is a model config's name, plus +gen
-check_run = $(if $(RUN),,$(error $(1) needs RUN=<run>, e.g. make $(1) RUN=tfidf))$(if \
-  $(call is_config,configs/models,$(patsubst %+gen,%,$(RUN))),,$(error unknown run '$(RUN)': no configs/models/$(patsubst %+gen,%,$(RUN)).yaml))
+# `make submission` / `make predict` / `make pseudo`: a run is a model config's name, plus +gen
+# (USE_GEN=1) or the sources GEN named (+aug+pseudo)
+run_model = $(firstword $(subst +, ,$(1)))
+is_run    = $(and $(filter 1,$(words $(1))),$(call is_config,configs/models,$(call run_model,$(1))),$(if \
+  $(filter-out gen aug llm pseudo,$(wordlist 2,99,$(subst +, ,$(1)))),,ok))
+bad_run   = $(error unknown run '$(1)': no configs/models/$(call run_model,$(1)).yaml, or a suffix other than +gen +aug +llm +pseudo)
+check_run = $(if $(RUN),,$(error $(1) needs RUN=<run>, e.g. make $(1) RUN=tfidf))$(if $(call is_run,$(RUN)),,$(call bad_run,$(RUN)))
 
 # How a model trains (in-process or under accelerate), which source files its runs depend on,
 # and each competition's default MODELS come from medalist (the family table in
@@ -61,7 +73,7 @@ M             := src/medalist
 MODELS_MK     := .make/models.mk
 MODEL_CONFIGS := $(wildcard configs/models/*.yaml)
 COMP_CONFIGS  := $(wildcard configs/competitions/*.yaml)
-ifneq ($(filter-out help venv download check folds augment baseline submission predict score submit \
+ifneq ($(filter-out help venv download check folds augment pretrain baseline submission predict score submit \
                     status tensorboard bench test clean,$(or $(MAKECMDGOALS),help)),)
 include $(MODELS_MK)
 $(if $(MODELS),,$(eval override MODELS := $(COMP_MODELS.$(COMP))))
@@ -69,16 +81,17 @@ $(foreach m,$(MODELS),$(if $(MODEL_ERROR.$(m)),$(error $(MODEL_ERROR.$(m)))))
 endif
 $(foreach m,$(MODELS),$(if $(call is_config,configs/models,$(m)),,$(error unknown model '$(m)': no configs/models/$(m).yaml)))
 # the folders too: adding or renaming a config changes their time, not the config's
-$(MODELS_MK): $(MODEL_CONFIGS) $(COMP_CONFIGS) configs/models configs/competitions \
-              $(M)/models/registry.py | $(VENV)/.installed
+$(MODELS_MK): $(MODEL_CONFIGS) $(COMP_CONFIGS) configs/models configs/competitions $(wildcard configs/pretrain) \
+              $(M)/models/registry.py $(M)/models/backbones.py | $(VENV)/.installed
 	$(PY) -m medalist.models.registry $@ $(MODEL_CONFIGS) $(COMP_CONFIGS)
 
-GEN_SUFFIX := $(if $(filter 1,$(USE_GEN)),+gen,)
+GEN_SUFFIX := $(if $(filter 1,$(USE_GEN)),+gen,$(subst $(space),,$(addprefix +,$(GEN_LIST))))
+GEN_ARGS   := $(if $(filter 1,$(USE_GEN)),--use-gen,$(if $(GEN_LIST),--gen $(subst $(space),$(comma),$(GEN_LIST))))
 RUNS       := $(addsuffix $(GEN_SUFFIX),$(MODELS))
 R          := results/$(COMP)
 RAW        := data/raw/$(COMP)/.complete
 PROC       := data/processed/$(COMP)/train.csv
-GEN        := data/generated/$(COMP)/generated_train.csv
+GEN_TRAIN  := data/generated/$(COMP)/generated_train.csv
 CHECKS     := $(R)/checks.md
 RUN_FILES  := $(foreach r,$(RUNS),$(R)/$(r)/metrics.json)
 TTA_FILES  := $(foreach r,$(RUNS),$(R)/$(r)/tta/metrics.json)
@@ -95,11 +108,11 @@ $(shell mkdir -p $(R) && { echo '$(RUNS) tta=$(TTA)' | cmp -s - $(RUNS_STAMP) ||
 endif
 
 .DEFAULT_GOAL := help
-.PHONY: FORCE help all venv download check folds baseline train augment generate tta evaluate ensemble \
-        report submission predict score submit status tensorboard test bench clean
+.PHONY: FORCE help all venv download check folds baseline train augment generate pseudo pretrain tta evaluate \
+        ensemble report submission predict score submit status tensorboard test bench clean
 
 help: ## list every target
-	@echo "usage: make <target> [COMP=demo] [MODELS=\"tfidf embed minilm\"] [USE_GEN=0|1] …"
+	@echo "usage: make <target> [COMP=demo] [MODELS=\"tfidf embed minilm\"] [USE_GEN=0|1 | GEN=aug,llm,pseudo] …"
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z]+:.*## / {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 # no recipe of its own: `make -q all` must be able to say "up to date"
@@ -143,11 +156,11 @@ $(RAW): $(if $(COMP_DIR)$(COMP_ZIP),FORCE) | $(VENV)/.installed
 	$(PY) -m medalist.stages.download --comp $(COMP) --dir "$$COMP_DIR" --zip "$$COMP_ZIP"
 
 check: $(CHECKS) ## audit train/test: duplicates, HTML, LaTeX, links, lengths, tokens, adversarial AUC
-$(CHECKS): $(RAW) configs/competitions/$(COMP).yaml $(M)/stages/checks.py $(M)/text/clean.py | $(VENV)/.installed
+$(CHECKS): $(RAW) configs/competitions/$(COMP).yaml $(M)/stages/checks.py $(M)/text/clean.py $(M)/image/audit.py $(M)/image/dedup.py | $(VENV)/.installed
 	$(PY) -m medalist.stages.checks --comp $(COMP)
 
 folds: $(PROC) ## clean text once; stratified k folds grouped by (near-)duplicates
-$(PROC): $(RAW) configs/competitions/$(COMP).yaml $(M)/stages/folds.py $(M)/text/clean.py $(M)/text/dedup.py | $(VENV)/.installed
+$(PROC): $(RAW) configs/competitions/$(COMP).yaml $(M)/stages/folds.py $(M)/text/clean.py $(M)/text/dedup.py $(M)/image/dedup.py | $(VENV)/.installed
 	$(PY) -m medalist.stages.folds --comp $(COMP)
 
 # ---------------------------------------------------------------- synthetic data
@@ -161,8 +174,34 @@ data/generated/$(COMP)/llm.csv: $(PROC) configs/generate.yaml $(M)/stages/genera
   $(M)/text/clean.py $(M)/text/dedup.py $(R)/tfidf/metrics.json | $(VENV)/.installed
 	$(PY) -m medalist.stages.generate --comp $(COMP)
 
-$(GEN):
-	@echo "error: USE_GEN=1 but $(GEN) does not exist: run \`make augment COMP=$(COMP)\` or \`make generate COMP=$(COMP)\` first" >&2; exit 2
+$(GEN_TRAIN):
+	@echo "error: $(if $(GEN),GEN=$(GEN),USE_GEN=1) but $(GEN_TRAIN) does not exist: run \`make augment COMP=$(COMP)\`, \`make generate COMP=$(COMP)\` or \`make pseudo COMP=$(COMP) RUN=<run>\` first" >&2; exit 2
+
+# Pseudo-labels: fold k's come from the teacher's fold-k models only (see stages/pseudo.py). The
+# teacher is RUN (checked names; make brings those runs up to date first) or, with RUN empty,
+# `teacher:` in configs/pseudo.yaml — which make cannot see, so then the stage always runs.
+PSEUDO       := data/generated/$(COMP)/pseudo.csv
+PSEUDO_STAMP := data/generated/$(COMP)/.pseudo_teacher
+PSEUDO_RUNS  :=#  RUN once checked, and only for this goal: another goal's RUN never reaches a rule line
+ifneq ($(filter pseudo $(PSEUDO),$(MAKECMDGOALS)),)
+$(foreach r,$(RUN),$(if $(call is_run,$(r)),,$(call bad_run,$(r))))
+PSEUDO_RUNS  := $(RUN)
+$(shell mkdir -p data/generated/$(COMP) && { echo '$(PSEUDO_RUNS)' | cmp -s - $(PSEUDO_STAMP) || echo '$(PSEUDO_RUNS)' > $(PSEUDO_STAMP); })
+endif
+pseudo: $(PSEUDO) ## RUN="<run> …": the teacher's confident test predictions, fold by fold → pseudo.csv (train with GEN=pseudo)
+$(PSEUDO): $(PSEUDO_STAMP) $(foreach r,$(PSEUDO_RUNS),$(R)/$(r)/metrics.json) $(if $(PSEUDO_RUNS),,FORCE) $(PROC) \
+  configs/pseudo.yaml configs/competitions/$(COMP).yaml $(M)/stages/pseudo.py $(M)/core/generated.py $(M)/text/dedup.py | $(VENV)/.installed
+	$(PY) -m medalist.stages.pseudo --comp $(COMP) --runs "$(PSEUDO_RUNS)"
+
+# ---------------------------------------------------------------- in-domain pretraining
+pretrain: | $(VENV)/.installed ## MODEL=<config>: continue a text backbone as a masked LM on COMP's texts → results/<comp>/pretrain/<config>/
+	$(if $(MODEL),,$(error pretrain needs MODEL=<config>, e.g. make pretrain MODEL=minilm (configs/pretrain/<config>.yaml)))
+	$(if $(call is_config,configs/pretrain,$(MODEL)),,$(error unknown pretraining config '$(MODEL)': no configs/pretrain/$(MODEL).yaml))
+	$(MAKE) --no-print-directory $(R)/pretrain/$(MODEL)/done.json
+# a model config with `backbone: pretrain:<name>` depends on this target (MODEL_PRETRAIN, from the registry)
+$(R)/pretrain/%/done.json: configs/pretrain/%.yaml $(PROC) $(M)/stages/pretrain.py $(M)/models/families/mlm.py \
+  $(M)/models/backbones.py $(M)/models/engine.py $(M)/models/training.py $(M)/models/checkpoints.py | $(VENV)/.installed
+	$(ACCELERATE) -m medalist.stages.pretrain --comp $(COMP) --model $*
 
 # ---------------------------------------------------------------- training
 baseline: ## = make train MODELS=tfidf
@@ -174,8 +213,9 @@ TRAIN.accelerate = $(ACCELERATE) -m medalist.stages.train
 
 # A config the registry rejects fails only when its run is wanted (MODELS, or a goal needing it).
 define RUN_RULE
-$(R)/$(1)$(GEN_SUFFIX)/metrics.json: configs/models/$(1).yaml $(PROC) $(if $(GEN_SUFFIX),$(GEN)) $(MODEL_SRC.$(1)) | $(VENV)/.installed
-	$$(if $$(MODEL_ERROR.$(1)),$$(error $$(MODEL_ERROR.$(1))))$$(TRAIN.$$(MODEL_LAUNCH.$(1))) --comp $(COMP) --model $(1) $(if $(GEN_SUFFIX),--use-gen) $$(if $$(FOLDS),--folds "$$$$FOLDS")
+$(R)/$(1)$(GEN_SUFFIX)/metrics.json: configs/models/$(1).yaml $(PROC) $(if $(GEN_SUFFIX),$(GEN_TRAIN)) $(MODEL_SRC.$(1)) \
+  $(foreach p,$(MODEL_PRETRAIN.$(1)),$(R)/pretrain/$(p)/done.json) | $(VENV)/.installed
+	$$(if $$(MODEL_ERROR.$(1)),$$(error $$(MODEL_ERROR.$(1))))$$(TRAIN.$$(MODEL_LAUNCH.$(1))) --comp $(COMP) --model $(1) $(GEN_ARGS) $$(if $$(FOLDS),--folds "$$$$FOLDS")
 $(R)/$(1)$(GEN_SUFFIX)/tta/metrics.json: $(R)/$(1)$(GEN_SUFFIX)/metrics.json configs/tta.yaml $(M)/stages/tta.py $(M)/text/views.py \
   $(M)/text/math_spans.py $(M)/text/augmenters.py | $(VENV)/.installed
 	$(PY) -m medalist.stages.tta --comp $(COMP) --run $(1)$(GEN_SUFFIX)
@@ -238,7 +278,7 @@ test: | $(VENV)/.installed ## run the offline test suite
 
 clean: ## remove everything generated for COMP (keeps data/raw, the LLM cache, the submission ledger, .venv)
 	rm -rf data/processed/$(COMP) results/$(COMP) logs/$(COMP) images/$(COMP)
-	rm -f data/generated/$(COMP)/{aug,llm,generated_train}.csv submission/$(COMP)/*.json
+	rm -f data/generated/$(COMP)/{aug,llm,pseudo,generated_train}.csv submission/$(COMP)/*.json
 	find submission/$(COMP) -name '*.csv' ! -name ledger.csv -delete 2>/dev/null || true
 	@echo "kept data/raw/$(COMP): rm -rf data/raw/$(COMP) to download it again"
 

@@ -101,4 +101,29 @@ def render(res: dict) -> str:
                      f"{r['n_test']} | {fmt(r['tfidf_predict_seconds'], 2)} | {fmt(r.get('medalist_predict_seconds'), 1)} | "
                      f"{fmt(r.get('trainer_predict_seconds'), 1)} |")
         L.append("")
+    gpu_check = res.get("gpu_check")
+    if gpu_check:
+        L += gpu_section(gpu_check)
     return "\n".join(L)
+
+
+def gpu_section(c: dict) -> list[str]:
+    """The GPU checks of bench/gpu_check.py (run on a lent GPU box, not by `make bench`)."""
+    alone, both, img = c["text_alone"], c["text_two_processes"], c["image"]
+    L = ["## GPU check", "", (f"`python bench/gpu_check.py --backbone <MiniLM folder> --out bench/gpu_check.json` on "
+         f"{c['gpu']} ({c['cpu_cores']} CPU cores, torch {c['torch']}, bf16 supported: {c['bf16_supported']}). "
+         "Text: one fold of the demo (1,223 train rows, 2 epochs, batch 64, 128 tokens) with the MiniLM-L6 "
+         "encoder through `make train … FOLDS=0` (accelerate launch, the engine's automatic bf16); samples/s is "
+         "the mean over both epochs, the first including CUDA warm-up. Two processes: `make -j2 train` of two "
+         "such runs at once on the one GPU."), "",
+         "| run | precision | threads | train samples/s | fold s | peak GPU MB | fold-0 micro-F1 | make wall s |",
+         "|---|---|---|---|---|---|---|---|"]
+    for label, block in (("alone", alone), ("two at once", both)):
+        for name, r in ((k, v) for k, v in block.items() if k != "wall_s"):
+            L.append(f"| {name} ({label}) | {r['mixed_precision']} | {r['threads']} | {fmt(r['train_samples_per_s'], 0)} | "
+                     f"{fmt(r['seconds'], 1)} | {fmt(r['peak_gpu_mb'], 0)} | {fmt(r['score'])} | {fmt(block['wall_s'], 1)} |")
+    L += ["", f"Image: {img['model']}, {img['size']} px, batch {img['batch']}, AdamW, random tensors (no data loading).", "",
+          "| precision | train images/s | inference images/s |", "|---|---|---|",
+          f"| fp32 | {fmt(img['train_images_per_s_fp32'], 0)} | {fmt(img['infer_images_per_s_fp32'], 0)} |",
+          f"| bf16 autocast | {fmt(img['train_images_per_s_bf16'], 0)} | {fmt(img['infer_images_per_s_bf16'], 0)} |", ""]
+    return L

@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import json
 import shlex
 import sys
 import time
@@ -146,6 +147,9 @@ def main(argv: list[str] | None = None) -> None:
         f"make all COMP={comp.name} COMP_DIR={a.comp_dir} MODELS=\"{' '.join(a.runs)}\"",
         f"make augment COMP={comp.name} && make all COMP={comp.name} MODELS=\"{' '.join(a.runs)}\" USE_GEN=1",
         cmd]
+    gpu_file = BENCH / "gpu_check.json"  # written on a GPU box by bench/gpu_check.py
+    if gpu_file.exists():
+        res["gpu_check"] = json.loads(gpu_file.read_text())
     res.setdefault("seconds", {})
     res["seconds"]["+".join(sorted(a.parts))] = time.time() - t_start
     write_json(a.out_json, res)

@@ -96,7 +96,7 @@ def test_family_table_comes_from_the_registry(make_project):
     p = make(root, "-n", "train", "MODELS=typo", check=False)
     lines = p.stderr.strip().splitlines()
     assert p.returncode != 0 and len(lines) == 1, p.stderr
-    assert "typo.yaml: unknown family 'tfidff' (known: tfidf, embed_lr, encoder, decoder_lora)" in lines[0]
+    assert "typo.yaml: unknown family 'tfidff' (known: tfidf, embed_lr, encoder, decoder_lora, " in lines[0]
     out = make(root, "-n", "train", "MODELS=tfidf minilm").stdout
     assert "-m medalist.stages.train --comp demo --model tfidf" in out  # in-process
     assert "accelerate launch --config_file accelerate_config.yaml -m medalist.stages.train --comp demo --model minilm" in out

@@ -11,6 +11,7 @@ import pytest
 from medalist.core import config as C
 from medalist.models import FoldData
 from medalist.models.registry import FAMILIES, family_module
+from tiny_images import SHAPES, make_images
 from tiny_text import LABELS, build_tiny_models, make_texts
 
 
@@ -27,6 +28,13 @@ def tiny_config(family: str, models: dict[str, Path]) -> dict:
         "encoder": {**neural, "backbone": str(models["bert"]), "lr": 1e-3},
         "decoder_lora": {**neural, "backbone": str(models["qwen"]), "lr": 5e-3, "lora_r": 4, "lora_alpha": 8,
                          "lora_target_modules": ["q_proj", "v_proj"]},
+        "image_embed": {"backbone": "test_efficientnet", "weights": "none", "image_size": 20, "batch_size": 16},
+        "autoencoder": {"image_size": 16, "channels": [4, 8], "code_dim": 8, "epochs": 1, "batch_size": 16,
+                        "classifier": "logistic", "fused_adamw": False, "seed": 0},
+        "image": {"backbone": "test_efficientnet", "weights": "none", "image_size": 20, "epochs": 1, "batch_size": 8,
+                  "lr": 3e-3, "fused_adamw": False, "seed": 0, "augment": {"mixup_alpha": 0.2, "mix_prob": 0.5}},
+        "cnn": {"image_size": 20, "widths": [8, 16], "epochs": 1, "batch_size": 8, "lr": 1e-2, "fused_adamw": False,
+                "seed": 0},
     }[family] | {"family": family}
 
 
@@ -42,6 +50,15 @@ def tiny_fold() -> FoldData:
                     metric="micro_f1")
 
 
+def tiny_image_fold(root: Path) -> FoldData:
+    """Three shape classes in small PNGs (absolute paths: no competition, no decode cache)."""
+    train, y = make_images(root / "train", 48, 1, "tr")
+    val, vy = make_images(root / "val", 15, 2, "va")
+    test, _ = make_images(root / "test", 9, 3, "te")
+    return FoldData(fold=0, n_classes=len(SHAPES), train=train, train_labels=y, val=val, val_labels=vy, test=test,
+                    metric="micro_f1")
+
+
 def test_the_table_names_every_shipped_family():
     assert {"tfidf", "embed_lr", "encoder", "decoder_lora"} <= set(FAMILIES)
 
@@ -51,7 +68,7 @@ def test_a_family_fits_saves_and_predicts_the_same_again(family, tiny_models, tm
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     mod = family_module(family)
     cfg = C.from_dict(mod.Config, tiny_config(family, tiny_models), f"{family}.yaml")
-    fold = tiny_fold()
+    fold = tiny_image_fold(tmp_path / "images") if "image" in cfg.inputs else tiny_fold()
     res = mod.fit_fold(cfg, fold, tmp_path / "fold0")
     assert res.val_proba.shape == (len(fold.val), len(LABELS)) and res.test_proba.shape == (len(fold.test), len(LABELS))
     assert np.allclose(res.val_proba.sum(1), 1, atol=1e-5) and np.allclose(res.test_proba.sum(1), 1, atol=1e-5)

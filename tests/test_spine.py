@@ -119,8 +119,10 @@ def test_use_gen_without_generated_data_is_one_line(demo_raw):
 
 
 def _pictures(project, inputs: dict) -> Paths:
-    """Comp 'pics': 12 train rows (id,file,caption,label), 4 test rows, tiny image files on disk."""
+    """Comp 'pics': 12 train rows (id,file,caption,label), 4 test rows, tiny image files on disk
+    (random pixels: decodable and no two alike, so `make folds` keeps every row apart)."""
     import yaml
+    from PIL import Image
 
     cfg = {"name": "pics", "source": "local", "labels": ["cat", "dog"], "inputs": inputs, "folds": {"n": 3, "seed": 0}}
     (project / "configs" / "competitions" / "pics.yaml").write_text(yaml.safe_dump(cfg))
@@ -128,7 +130,8 @@ def _pictures(project, inputs: dict) -> Paths:
     for split, n in (("train", 12), ("test", 4)):
         (paths.raw / f"{split}_images").mkdir(parents=True)
         for i in range(n):
-            (paths.raw / f"{split}_images" / f"{split[:2]}{i}.png").write_bytes(b"\x89PNG")
+            noise = np.random.default_rng([n, i]).integers(0, 256, (8, 8, 3), dtype=np.uint8)
+            Image.fromarray(noise).save(paths.raw / f"{split}_images" / f"{split[:2]}{i}.png")
     pd.DataFrame({"id": [f"tr{i}" for i in range(12)], "file": [f"tr{i}" for i in range(12)],
                   "caption": [f"a {'cat' if i % 2 else 'dog'} {i}" for i in range(12)],
                   "label": [i % 2 for i in range(12)]}).to_csv(paths.raw / "train.csv", index=False)

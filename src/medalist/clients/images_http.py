@@ -20,7 +20,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
-from typing import Iterable
+from collections.abc import Iterable
 from urllib.parse import urlsplit
 
 import requests

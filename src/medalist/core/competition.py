@@ -134,6 +134,8 @@ class Competition:
     check_models: tuple[str, ...] = ()  # model configs whose tokenizers `make check` measures
     # the runs `make all`/`make train` train when MODELS is not given (chosen for a 2-core CPU)
     default_models: tuple[str, ...] = ("tfidf", "embed", "minilm")
+    # may `make pretrain` read the test texts (unlabelled)? Competition rules differ: off unless allowed
+    pretrain_on_test: bool = False
 
     def validate(self, where: str) -> None:
         if len(self.labels) < 2:

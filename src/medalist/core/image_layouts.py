@@ -69,7 +69,7 @@ def _file_ids(files: list[PurePosixPath], ids: str, what: str) -> list[str]:
     return out
 
 
-def class_folder_rows(raw_dir: Path, image: "ImageInput", allowed: dict[str, int], what: str) -> pd.DataFrame:
+def class_folder_rows(raw_dir: Path, image: ImageInput, allowed: dict[str, int], what: str) -> pd.DataFrame:
     """train_dir/<label>/<file> → (id, image, label index); a folder name must be a label."""
     base = raw_dir / image.train_dir
     files = _image_files(base, raw_dir, image.extension, what)
@@ -89,7 +89,7 @@ def class_folder_rows(raw_dir: Path, image: "ImageInput", allowed: dict[str, int
                          "image": [f.as_posix() for f in files], "label": np.asarray(labels, dtype=int)})
 
 
-def folder_rows(raw_dir: Path, image: "ImageInput", what: str) -> pd.DataFrame:
+def folder_rows(raw_dir: Path, image: ImageInput, what: str) -> pd.DataFrame:
     """test_dir/<file> → (id, image): one row per image file."""
     files = _image_files(raw_dir / image.test_dir, raw_dir, image.extension, what)
     if not files:
@@ -97,7 +97,7 @@ def folder_rows(raw_dir: Path, image: "ImageInput", what: str) -> pd.DataFrame:
     return pd.DataFrame({"id": _file_ids(files, image.ids, what), "image": [f.as_posix() for f in files]})
 
 
-def table_image_paths(values: pd.Series, image: "ImageInput", folder: str, raw_dir: Path, what: str) -> np.ndarray:
+def table_image_paths(values: pd.Series, image: ImageInput, folder: str, raw_dir: Path, what: str) -> np.ndarray:
     """A table column of file names → paths relative to raw_dir; every file must be there."""
     if values.isna().any():
         row = int(np.flatnonzero(values.isna().to_numpy())[0])
@@ -117,7 +117,7 @@ def table_image_paths(values: pd.Series, image: "ImageInput", folder: str, raw_d
     return np.array([r.as_posix() for r in rel], dtype=object)
 
 
-def url_image_paths(values: pd.Series, urls: "UrlImages", raw_dir: Path) -> np.ndarray:
+def url_image_paths(values: pd.Series, urls: UrlImages, raw_dir: Path) -> np.ndarray:
     """A table column of URLs → the fetched file of each (relative to raw_dir), "" where none was."""
     folder = raw_dir / urls.dir
     have = {p.stem: p.name for p in folder.iterdir() if p.is_file()} if folder.is_dir() else {}

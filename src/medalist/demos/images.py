@@ -27,7 +27,7 @@ LABELS = ("circle", "square", "triangle", "cross", "stripes", "dots")
 SHARES = [0.30, 0.24, 0.18, 0.13, 0.10, 0.05]  # class → share of rows
 LABEL_NOISE = 0.05
 OTHER_SIZES = [(64, 64), (40, 56), (72, 48), (32, 32)]
-UNREADABLE = "te00007.png"  # the one truncated file (its row stays in test.csv)
+ODD_KINDS = ("grey", "palette", "rgba", "cmyk", "jpeg", "webp")
 
 
 def _colour(rng: np.random.Generator) -> np.ndarray:
@@ -36,7 +36,7 @@ def _colour(rng: np.random.Generator) -> np.ndarray:
 
 def _background(rng: np.random.Generator, w: int, h: int) -> np.ndarray:
     """Solid, a gradient or a soft noise texture: (h, w, 3) float."""
-    kind = rng.integers(3)
+    kind = rng.choice(3, p=[0.45, 0.4, 0.15])
     a = _colour(rng)
     if kind == 0:
         return np.broadcast_to(a, (h, w, 3)).copy()
@@ -45,7 +45,7 @@ def _background(rng: np.random.Generator, w: int, h: int) -> np.ndarray:
         t = np.linspace(0, 1, w if rng.random() < 0.5 else h)
         ramp = t[None, :, None] if len(t) == w else t[:, None, None]
         return np.broadcast_to(a + (b - a) * ramp, (h, w, 3)).copy()
-    coarse = rng.normal(0, 40, (h // 8 + 2, w // 8 + 2, 1))
+    coarse = rng.normal(0, 20, (h // 8 + 2, w // 8 + 2, 1))
     up = np.kron(coarse, np.ones((8, 8, 1)))[:h, :w]
     return np.clip(a + up, 0, 255)
 
@@ -55,7 +55,7 @@ def _contrasting(rng: np.random.Generator, bg: np.ndarray) -> np.ndarray:
     mean = bg.reshape(-1, 3).mean(axis=0)
     for _ in range(20):
         c = _colour(rng)
-        if np.abs(c - mean).sum() > rng.uniform(60, 220):
+        if np.abs(c - mean).sum() > rng.uniform(120, 300):
             return c
     return 255 - mean
 
@@ -72,7 +72,7 @@ def _shape_mask(rng: np.random.Generator, label: int, w: int, h: int):
     m = Image.new("L", (w, h), 0)
     d = ImageDraw.Draw(m)
     s = min(w, h)
-    r = rng.uniform(0.2, 0.42) * s
+    r = rng.uniform(0.25, 0.42) * s
     cx, cy = w / 2 + rng.uniform(-0.15, 0.15) * s, h / 2 + rng.uniform(-0.15, 0.15) * s
     angle = rng.uniform(0, 2 * math.pi)
     if label == 0:  # circle (a slight ellipse)
@@ -115,14 +115,14 @@ def draw(rng: np.random.Generator, label: int, w: int = SIZE, h: int = SIZE) -> 
     fg = _contrasting(rng, bg)
     mask = np.asarray(_shape_mask(rng, label, w, h), dtype=np.float64)[..., None] / 255
     img = bg * (1 - mask) + fg * mask
-    if rng.random() < 0.5:  # clutter: a few thin strokes that belong to no class
+    if rng.random() < 0.3:  # clutter: a few thin strokes that belong to no class
         pil = Image.fromarray(img.astype(np.uint8))
         d = ImageDraw.Draw(pil)
-        for _ in range(rng.integers(1, 4)):
+        for _ in range(rng.integers(1, 3)):
             x0, y0, x1, y1 = rng.uniform(0, w), rng.uniform(0, h), rng.uniform(0, w), rng.uniform(0, h)
             d.line([x0, y0, x1, y1], fill=tuple(int(c) for c in _colour(rng)), width=1)
         img = np.asarray(pil, dtype=np.float64)
-    img = img + rng.normal(0, rng.uniform(0, 18), img.shape)
+    img = img + rng.normal(0, rng.uniform(0, 10), img.shape)
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
@@ -171,7 +171,11 @@ def _near_copy(rng: np.random.Generator, pixels: np.ndarray) -> np.ndarray:
                                                      Image.Resampling.BILINEAR))
 
 
-def _kind(rng: np.random.Generator) -> str:
+def _kind(rng: np.random.Generator, i: int) -> str:
+    """How picture i is stored: the first ones one of each odd kind (so a small fixture has them
+    all), then mostly PNG."""
+    if i < len(ODD_KINDS):
+        return ODD_KINDS[i]
     r = rng.random()
     for kind, upto in (("grey", 0.02), ("palette", 0.03), ("rgba", 0.04), ("cmyk", 0.05),
                        ("jpeg", 0.07), ("webp", 0.09)):
@@ -194,12 +198,14 @@ def write_demo(out_dir: Path, n_train: int = N_TRAIN, n_test: int = N_TEST) -> N
     rng = np.random.default_rng(SEED)
     n_special = max(2, n_train // 75)  # 20 of each kind of planted duplicate at full size
 
-    def picture(label: int) -> np.ndarray:
-        w, h = OTHER_SIZES[rng.integers(len(OTHER_SIZES))] if rng.random() < 0.03 else (SIZE, SIZE)
+    def picture(i: int, label: int) -> np.ndarray:
+        """Picture i: the first ones one of each other size, then 3% of them."""
+        other = i < len(OTHER_SIZES) or rng.random() < 0.03
+        w, h = OTHER_SIZES[i % len(OTHER_SIZES)] if other else (SIZE, SIZE)
         return draw(rng, int(label), w, h)
 
     y = _labels(rng, n_train - 2 * n_special)
-    train = [(picture(c), int(c), _kind(rng)) for c in y]
+    train = [(picture(i, c), int(c), _kind(rng, i)) for i, c in enumerate(y)]
     originals = rng.choice(len(train), 2 * n_special, replace=False)
     for k, i in enumerate(originals):  # exact copies, a few with another label; then near copies
         px, label, kind = train[i]
@@ -214,12 +220,14 @@ def write_demo(out_dir: Path, n_train: int = N_TRAIN, n_test: int = N_TEST) -> N
     order = rng.permutation(len(train))
     train = [train[i] for i in order]
 
-    test = [(picture(c), _kind(rng)) for c in _labels(rng, n_test - n_special)]
+    test = [(picture(i, c), _kind(rng, i)) for i, c in enumerate(_labels(rng, n_test - n_special))]
     copied = rng.choice(len(train), n_special, replace=False)
     for k, i in enumerate(copied):  # train pictures that reappear in test, exactly or nearly
         px, _, kind = train[i]
         test.append((px, kind) if k % 2 else (_near_copy(rng, px), "png"))
-    test = [test[i] for i in rng.permutation(len(test))]
+    order = rng.permutation(len(test))
+    test = [test[i] for i in order]
+    unreadable = int(np.flatnonzero(order == 0)[0])  # a drawn picture, not a planted copy
 
     out_dir = Path(out_dir)
     (out_dir / "train").mkdir(parents=True, exist_ok=True)
@@ -231,9 +239,9 @@ def write_demo(out_dir: Path, n_train: int = N_TRAIN, n_test: int = N_TEST) -> N
         (out_dir / "train" / train_ids[-1]).write_bytes(data)
     test_ids = []
     for i, (px, kind) in enumerate(test):
-        data, ext = _encode(px, "png" if i == 7 else kind)
+        data, ext = _encode(px, "png" if i == unreadable else kind)
         test_ids.append(f"te{i:05d}{ext}")
-        if test_ids[-1] == UNREADABLE:  # cut short, as an interrupted download leaves it
+        if i == unreadable:  # cut short, as an interrupted download leaves it
             data = data[: len(data) // 3]
         (out_dir / "test" / test_ids[-1]).write_bytes(data)
     write_csv(out_dir / "train.csv", pd.DataFrame({"id": train_ids, "label": [label for _, label, _ in train]}))

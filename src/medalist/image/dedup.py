@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -100,14 +100,13 @@ class Duplicates:
 
 
 def _exact_groups(hashes: list[str], pixels: np.ndarray, readable: np.ndarray) -> np.ndarray:
-    """Group id = first index with the same bytes or (readable) the same decoded pixels."""
+    """Group id = first index with the same bytes or the same decoded pixels. A file that does not
+    decode stays alone: two copies of a broken download share bytes, not a picture."""
     n = len(hashes)
     parent = np.arange(n)
-    first: dict[bytes | str, int] = {}
-    for i in range(n):
-        keys = [("f", hashes[i])] if hashes[i] else []
-        if readable[i]:
-            keys.append(("p", hashlib.sha256(pixels[i].tobytes()).digest()))
+    first: dict[tuple[str, bytes | str], int] = {}
+    for i in np.flatnonzero(readable):
+        keys = [("f", hashes[i]), ("p", hashlib.sha256(pixels[i].tobytes()).digest())]
         roots = {parent[first[k]] for k in keys if k in first}
         root = min(roots | {i})
         for r in roots:  # identity is transitive: merging exact groups is no chaining
@@ -140,10 +139,12 @@ def _complete_linkage(n: int, pairs: np.ndarray, order: np.ndarray, start: np.nd
 
 def find_duplicates(image_paths: Sequence[str], processed_dir: Path | None = None,
                     max_distance: int = MAX_PHASH_DISTANCE, max_mae: float = MAX_PIXEL_MAE,
-                    max_relative: float = MAX_RELATIVE_MAE) -> Duplicates:
-    """Exact and near duplicates among these images (paths relative to the project root)."""
+                    max_relative: float = MAX_RELATIVE_MAE,
+                    decoded: tuple[np.ndarray, np.ndarray] | None = None) -> Duplicates:
+    """Exact and near duplicates among these images (paths relative to the project root);
+    `decoded` = `images(image_paths, HASH_SIZE)` when the caller has them already."""
     paths = list(image_paths)
-    pixels, readable = images(paths, HASH_SIZE, processed_dir)
+    pixels, readable = decoded if decoded is not None else images(paths, HASH_SIZE, processed_dir)
     hashes = file_hashes(paths)
     exact = _exact_groups(hashes, pixels, readable)
     # one node per exact group: near pairs between its representatives

@@ -23,7 +23,7 @@ import numpy as np
 from medalist.core.io import atomic_path, write_text
 from medalist.image.cache import ImageCache, images
 
-CHUNK = 512  # images fetched from the decode cache at a time: bounded memory at any size
+CHUNK = 256  # images fetched at a time: bounded memory at any size (and under decode_all's own progress bar)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,7 +33,8 @@ class Extractor:
     name: str  # the cache file's stem under features/
     identity: str  # everything its output depends on (backbone, weights, size …): part of the fingerprint
     size: int  # pixels a side
-    build: Callable[[], "object"] = dataclasses.field(compare=False, repr=False)  # → torch module: (B,3,s,s) in [0,1] → (B,d)
+    # → a torch module from (B, 3, s, s) pixels in [0, 1] to (B, d)
+    build: Callable[[], "object"] = dataclasses.field(compare=False, repr=False)
     batch_size: int = 64
 
 
@@ -51,8 +52,9 @@ def _model(ex: Extractor):
     return _MODELS[ex.identity]
 
 
-def embed_pixels(ex: Extractor, pixels: np.ndarray) -> np.ndarray:
-    """(n, s, s, 3) uint8 → (n, d) float32 through the frozen network, batch by batch."""
+def embed_pixels(ex: Extractor, pixels: np.ndarray, progress: Callable[[int], object] = lambda n: None) -> np.ndarray:
+    """(n, s, s, 3) uint8 → (n, d) float32 through the frozen network, batch by batch (each batch's
+    row count told to `progress`)."""
     import torch
 
     model = _model(ex)
@@ -64,10 +66,12 @@ def embed_pixels(ex: Extractor, pixels: np.ndarray) -> np.ndarray:
             x = torch.from_numpy(np.ascontiguousarray(pixels[s:s + ex.batch_size])).to(device)
             x = x.permute(0, 3, 1, 2).float().div_(255).contiguous(memory_format=torch.channels_last)
             out.append(model(x).float().flatten(1).cpu().numpy())
+            progress(len(x))
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
 
-def compute(ex: Extractor, image_paths: Sequence[str], processed_dir: Path | None = None) -> tuple[np.ndarray, np.ndarray]:
+def compute(ex: Extractor, image_paths: Sequence[str],
+            processed_dir: Path | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(n, d) float32 and a readable mask for these images, computed now (a progress bar over images)."""
     from tqdm.auto import tqdm
 
@@ -76,11 +80,10 @@ def compute(ex: Extractor, image_paths: Sequence[str], processed_dir: Path | Non
               dynamic_ncols=True, disable=len(image_paths) < 500) as bar:
         for s in range(0, len(image_paths), CHUNK):
             pixels, good = images(list(image_paths[s:s + CHUNK]), ex.size, processed_dir)
-            v = embed_pixels(ex, pixels)
+            v = embed_pixels(ex, pixels, bar.update)
             v[~good] = 0.0  # an unreadable image's black square says nothing: zero, and readable=False
             vecs.append(v)
             ok.append(good)
-            bar.update(len(good))
     if not vecs:
         return np.zeros((0, 0), np.float32), np.zeros(0, bool)
     return np.concatenate(vecs).astype(np.float32), np.concatenate(ok)
@@ -104,14 +107,16 @@ def cached(ex: Extractor, processed_dir: Path) -> tuple[np.ndarray, dict[str, in
         with atomic_path(npy) as tmp, open(tmp, "wb") as fh:
             np.save(fh, vecs)
         write_text(meta, json.dumps({"fingerprint": fp, "identity": ex.identity, "size": ex.size,
-                                     "seconds": round(seconds, 2), "images_per_s": round(len(paths) / max(seconds, 1e-9), 1),
+                                     "seconds": round(seconds, 2),
+                                     "images_per_s": round(len(paths) / max(seconds, 1e-9), 1),
                                      "paths": paths, "readable": ok.tolist()}))
     info = json.loads(meta.read_text())
     return (np.load(npy, mmap_mode="r"), {p: i for i, p in enumerate(info["paths"])},
             np.asarray(info["readable"], bool), {k: v for k, v in info.items() if k not in ("paths", "readable")})
 
 
-def features(ex: Extractor, image_paths: Sequence[str], processed_dir: Path | None = None) -> tuple[np.ndarray, np.ndarray]:
+def features(ex: Extractor, image_paths: Sequence[str],
+             processed_dir: Path | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(n, d) float32 features and a readable mask for these rows' images: from the competition's
     feature cache where its processed folder is given (images it does not hold — new rows — are
     computed now), computed directly otherwise."""

@@ -1,14 +1,19 @@
 """`make check`: an audit of a competition's train and test files, before any modelling.
 
 Reads   data/raw/<comp>/, configs/competitions/<comp>.yaml (check_models: tokenizers to measure)
-Writes  images/<comp>/checks_classes.png, checks_lengths.png, then results/<comp>/checks.md
+Writes  images/<comp>/checks_classes.png, and per declared input checks_lengths.png (text) or
+        checks_sizes.png + checks_samples.png (images), then results/<comp>/checks.md
 Run     python -m medalist.stages.checks --comp demo
 
-Row counts; empty texts; duplicates within train and between train and test (exact and after
-normalisation) with conflicting labels; class distribution; share of rows with HTML, LaTeX,
+Text: row counts; empty texts; duplicates within train and between train and test (exact and
+after normalisation) with conflicting labels; class distribution; share of rows with HTML, LaTeX,
 URLs, emails, code, byte-string literals, non-ASCII, likely non-English text; lengths in
 characters, words and tokens per configured model; adversarial validation (TF-IDF train-vs-test
 classifier: AUC and the most telling tokens).
+Images (`image.audit`): files that do not decode, by name; formats and modes; width, height and
+aspect; exact and near duplicates within train and between train and test, the largest group and
+groups with conflicting labels; class distribution and a contact sheet of samples per class;
+adversarial validation on simple image statistics.
 """
 from __future__ import annotations
 
@@ -108,9 +113,8 @@ def adversarial(train_texts: list[str], test_texts: list[str], seed: int = 0) ->
     return float(roc_auc_score(y, p)), vocab[order[::-1][:10]].tolist(), vocab[order[:10]].tolist()
 
 
-def _plots(comp: Competition, paths: Paths, train: pd.DataFrame, test: pd.DataFrame, toks: dict) -> list[Path]:
+def _class_plot(comp: Competition, paths: Paths, train: pd.DataFrame) -> Path:
     plt = pyplot()
-    saved = []
     counts = train["label"].value_counts().reindex(range(comp.n_classes), fill_value=0)
     fig, ax = plt.subplots(figsize=(8, 3.5))
     ax.barh([comp.labels[i] for i in counts.index], counts.to_numpy(), color="#4c72b0")
@@ -118,7 +122,12 @@ def _plots(comp: Competition, paths: Paths, train: pd.DataFrame, test: pd.DataFr
     ax.set_xlabel("train rows")
     ax.set_title(f"{comp.name}: class distribution")
     fig.tight_layout()
-    saved.append(save_figure(fig, paths.images / "checks_classes.png"))
+    return save_figure(fig, paths.images / "checks_classes.png")
+
+
+def _plots(comp: Competition, paths: Paths, train: pd.DataFrame, test: pd.DataFrame, toks: dict) -> list[Path]:
+    plt = pyplot()
+    saved = [_class_plot(comp, paths, train)]
 
     panels = [("characters", train["text"].str.len(), test["text"].str.len())]
     for name, lens in toks.items():
@@ -136,21 +145,24 @@ def _plots(comp: Competition, paths: Paths, train: pd.DataFrame, test: pd.DataFr
     return saved
 
 
-def run(comp: Competition) -> Path:
-    paths = Paths(comp.name)
-    if not (paths.raw / ".complete").exists():
-        raise UserError(f"no data for '{comp.name}': run `make download COMP={comp.name}` first")
-    train, test, _ = read_raw(comp, paths.raw)
-    md = [f"# Data checks: {comp.name}", ""]
-    md += ["## Rows", "", _table(["file", "rows", "empty texts"], [
+def _classes(comp: Competition, train: pd.DataFrame) -> list[str]:
+    counts = train["label"].value_counts().reindex(range(comp.n_classes), fill_value=0)
+    return ["## Class distribution", "", _table(["class", "name", "rows", "share"], [
+        [i, comp.labels[i], int(c), _pct(c / len(train))] for i, c in counts.items()
+    ]), "", f"Imbalance: largest / smallest class = {counts.max() / max(counts.min(), 1):.1f}", ""]
+
+
+def _pictures(comp: Competition, pngs: list[Path]) -> list[str]:
+    return [line for p in pngs for line in (f"![{p.stem}](../../images/{comp.name}/{p.name})", "")]
+
+
+def _text_checks(comp: Competition, paths: Paths, train: pd.DataFrame, test: pd.DataFrame) -> tuple[list[str], float]:
+    md = ["## Rows", "", _table(["file", "rows", "empty texts"], [
         ["train", len(train), int((train["text"].str.strip() == "").sum())],
         ["test", len(test), int((test["text"].str.strip() == "").sum())],
     ]), ""]
     md += ["## Duplicates", "", _table(["check", "rows"], [[k, v] for k, v in duplicates(train, test).items()]), ""]
-    counts = train["label"].value_counts().reindex(range(comp.n_classes), fill_value=0)
-    md += ["## Class distribution", "", _table(["class", "name", "rows", "share"], [
-        [i, comp.labels[i], int(c), _pct(c / len(train))] for i, c in counts.items()
-    ]), "", f"Imbalance: largest / smallest class = {counts.max() / max(counts.min(), 1):.1f}", ""]
+    md += _classes(comp, train)
     rows = []
     for name, fn in DETECTORS.items():
         rows.append([name, _pct(train["text"].map(fn).mean()), _pct(test["text"].map(fn).mean())])
@@ -179,10 +191,92 @@ def run(comp: Competition) -> Path:
     md += ["## Adversarial validation", "", f"TF-IDF classifier telling train from test: AUC {auc:.3f} ({verdict}).", "",
            f"Most test-like tokens: {', '.join(f'`{t}`' for t in test_like)}", "",
            f"Most train-like tokens: {', '.join(f'`{t}`' for t in train_like)}", ""]
-    for p in _plots(comp, paths, train, test, toks):
-        md += [f"![{p.stem}](../../images/{comp.name}/{p.name})", ""]
+    md += _pictures(comp, _plots(comp, paths, train, test, toks))
+    return md, auc
+
+
+def _image_files(a, rel: list[str], ids: list[str], n: int) -> list[str]:
+    """Rows, files that do not decode (named), formats and modes, sizes."""
+    bad = np.flatnonzero(~a.readable)
+    md = ["## Rows", "", _table(["file", "rows", "images that do not decode"], [
+        ["train", n, int((~a.readable[:n]).sum())], ["test", len(rel) - n, int((~a.readable[n:]).sum())]]), ""]
+    if len(bad):
+        fate = {True: "train, left out by `make folds` in an image-only competition",
+                False: "test, kept: its row gets the fallback prediction"}
+        md += ["## Unreadable images", ""] + [f"- `{rel[i] or ids[i] + ': no file'}`: {fate[bool(i < n)]}" for i in bad[:20]]
+        md += ([f"- and {len(bad) - 20} more"] if len(bad) > 20 else []) + [""]
+    info = pd.concat([a.train_info.assign(split="train"), a.test_info.assign(split="test")])
+    kinds = info.groupby(["format", "mode", "split"]).size().unstack("split", fill_value=0)
+    md += ["## Formats and modes", "", _table(["format", "mode", "train", "test"], [
+        [f, m, int(r.get("train", 0)), int(r.get("test", 0))] for (f, m), r in kinds.iterrows()]), ""]
+    size_rows = []
+    for col, fmt in (("width", "{:.0f}"), ("height", "{:.0f}"), ("aspect", "{:.2f}")):
+        row = [col]
+        for df in (a.train_info, a.test_info):
+            v = (df["width"] / df["height"] if col == "aspect" else df[col]).dropna()
+            row += [fmt.format(x) for x in (v.min(), v.median(), v.max())] if len(v) else ["", "", ""]
+        size_rows.append(row)
+    distinct = [len(df.dropna(subset=["width"]).groupby(["width", "height"])) for df in (a.train_info, a.test_info)]
+    return md + ["## Sizes", "", _table(["", "train min", "train median", "train max", "test min", "test median",
+                                         "test max"], size_rows), "",
+                 f"Distinct sizes: train {distinct[0]}, test {distinct[1]}.", ""]
+
+
+def _image_duplicates(comp: Competition, d, ids: list[str], labels: np.ndarray) -> list[str]:
+    def named(group: list[int]) -> str:
+        return ", ".join(f"`{ids[i]}`" + (f" ({comp.labels[labels[i]]})" if i < len(labels) else "") for i in group)
+
+    largest = "No duplicates."
+    if len(d.largest) > 1:
+        more = " …" if len(d.largest) > 10 else ""
+        largest = f"Largest duplicate group: {len(d.largest)} images: {named(d.largest[:10])}{more}."
+    md = ["## Duplicates", "",
+          ("Exact: the same bytes or the same decoded pixels. Near: a perceptual-hash distance confirmed by "
+           "the pixels, never chained (every member of a group is near every other)."), "",
+          _table(["check", "rows"], [[k, v] for k, v in d.rows.items()]), "", largest, ""]
+    if d.conflicts:
+        md += ["Duplicate groups with conflicting labels:", ""] + [f"- {named(g)}" for g in d.conflicts[:10]] + [""]
+    return md
+
+
+def _image_checks(comp: Competition, paths: Paths, train: pd.DataFrame, test: pd.DataFrame,
+                  with_classes: bool) -> tuple[list[str], float]:
+    from medalist.image.audit import audit
+
+    n = len(train)
+    rel = [(paths.raw / p).relative_to(C.root()).as_posix() if p else "" for p in (*train["image"], *test["image"])]
+    ids = [*train["id"], *(f"{i} (test)" for i in test["id"])]
+    labels = train["label"].to_numpy()
+    a = audit(rel[:n], rel[n:], labels, comp.labels, paths.images)
+    md = _image_files(a, rel, ids, n) + _image_duplicates(comp, a.duplicates, ids, labels)
+    if with_classes:
+        md += _classes(comp, train)
+    auc = a.adversarial_auc
+    verdict = "train and test look alike" if auc < 0.6 else "train and test differ: check the statistics below"
+    md += ["## Adversarial validation", "",
+           ("Gradient boosting on simple image statistics (size, file size, colour, contrast, edges) telling "
+            f"train from test: AUC {auc:.3f} ({verdict})."), "",
+           _table(["statistic", "AUC on its own", "train median", "test median"],
+                  [[name, f"{s:.3f}", f"{tr:.3g}", f"{te:.3g}"] for name, s, tr, te in a.telling]), ""]
+    md += _pictures(comp, ([_class_plot(comp, paths, train)] if with_classes else []) + a.plots)
+    return md, auc
+
+
+def run(comp: Competition) -> Path:
+    paths = Paths(comp.name)
+    if not (paths.raw / ".complete").exists():
+        raise UserError(f"no data for '{comp.name}': run `make download COMP={comp.name}` first")
+    train, test, _ = read_raw(comp, paths.raw)
+    md, aucs = [f"# Data checks: {comp.name}", ""], {}
+    if "text" in train.columns:
+        lines, aucs["text"] = _text_checks(comp, paths, train, test)
+        md += lines
+    if "image" in train.columns:
+        lines, aucs["images"] = _image_checks(comp, paths, train, test, with_classes="text" not in train.columns)
+        md += lines
     out = write_text(paths.results / "checks.md", "\n".join(md))
-    print(f"checks: {out} (adversarial AUC {auc:.3f})")
+    shown = ", ".join(f"{k} {v:.3f}" if len(aucs) > 1 else f"{v:.3f}" for k, v in aucs.items())
+    print(f"checks: {out} (adversarial AUC {shown})")
     return out
 
 

@@ -175,11 +175,9 @@ def _check_same_source(raw: Path, comp_dir: Path | None, comp_zip: Path | None) 
 def _check_files(comp: Competition, files: Path, origin: dict) -> None:
     """The tables the config names are there (a folder layout has no train.csv or test.csv)."""
     f, image = comp.files, comp.inputs.image
-    wanted = [f.sample_submission]
-    if image is None or image.train_layout == "table":
-        wanted.append(f.train)
-    if image is None or image.test_layout == "table":
-        wanted.append(f.test)
+    wanted = [name for name, table in ((f.train, image is None or image.train_layout == "table"),
+                                       (f.test, image is None or image.test_layout == "table"),
+                                       (f.sample_submission, True)) if table]
     missing = [name for name in wanted if not (files / name).is_file()]
     if missing:
         has = sorted(p.name for p in files.iterdir()) if files.is_dir() else []
@@ -223,9 +221,8 @@ def _fetch_url_images(comp: Competition, files: Path, cache: Path, origin: dict)
                                                   reason=["" if o.ok else o.reason for o in got])
     write_csv(cache / REPORT, report)  # where the user finds it if the download is refused below
     missing = report[report["status"] != "ok"]
-    now = sum(o.status == "ok" for o in outcome.values())
-    print(f"images: {now} fetched, {len(outcome) - now - sum(not o.ok for o in outcome.values())} from an "
-          f"earlier run; {len(missing)} of {len(report)} rows have none")
+    now, kept = (sum(o.status == s for o in outcome.values()) for s in ("ok", "kept"))
+    print(f"images: {now} fetched, {kept} from an earlier run; {len(missing)} of {len(report)} rows have none")
     share = len(missing) / len(report)
     if share > urls.max_missing:
         first = missing.iloc[0]

@@ -58,7 +58,7 @@ def _joined(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def _drop_unreadable(train, readable: np.ndarray):
     """An image-only row whose image does not decode cannot train: leave it out, with a note."""
-    bad = train.loc[~readable, "image"].tolist()
+    bad = [f"{i} ({p or 'no file'})" for i, p in zip(train.loc[~readable, "id"], train.loc[~readable, "image"])]
     shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
     print(f"note: {len(bad)} train image(s) do not decode and are left out: {shown}")
     return train.loc[readable].reset_index(drop=True)
@@ -77,7 +77,7 @@ def run(comp: Competition) -> Path:
         test["text"] = [clean(t, comp.cleaning) for t in test["text"]]
     if "image" in train.columns:
         for df in (train, test):
-            df["image"] = [(paths.raw / p).relative_to(C.root()).as_posix() for p in df["image"]]
+            df["image"] = [(paths.raw / p).relative_to(C.root()).as_posix() if p else "" for p in df["image"]]
     groups = None
     if has_text:
         groups = near_duplicate_groups(train["text"].tolist(), threshold=comp.folds.near_dup_threshold,

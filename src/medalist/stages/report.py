@@ -4,11 +4,13 @@ then a short summary of what the pipeline produced on stdout (the last thing `ma
 Reads   results/<comp>/checks.md + images/<comp>/checks_*.png (if present), each run's
         metrics.json (+ tta/metrics.json) and fold<k>/done.json (per-epoch history), its TensorBoard
         events under logs/<comp>/<run>/fold<k>/ (if present), results/<comp>/ensemble/ (if present),
-        data/processed/<comp>/train.csv, submission/<comp>/submission.csv checked against
+        data/processed/<comp>/train.csv (and, for an image competition, the images of the most
+        confident OOF mistakes), submission/<comp>/submission.csv checked against
         data/raw/<comp>/sample_submission.csv, submission/<comp>/ledger.csv (if present),
         $MEDALIST_MAKE_START (the Makefile's start time, for the wall time; optional)
-Writes  results/<comp>/report.html (images inlined as base64, inline CSS, no script, nothing loaded
-        from outside; every text from the data HTML-escaped), results/<comp>/report.md,
+Writes  results/<comp>/report.html (images inlined as base64 — the checks' contact sheet and, for an
+        image competition, thumbnails of the most confident OOF mistakes per class —, inline CSS, no
+        script, nothing loaded from outside; every text from the data HTML-escaped), results/<comp>/report.md,
         images/<comp>/curves_<run>.png for each run that logged epochs, and
         images/<comp>/confusion_ensemble.png when the ensemble has none yet
 Run     python -m medalist.stages.report --comp demo --runs "tfidf minilm"
@@ -29,9 +31,11 @@ from medalist.core.config import Paths, UserError, stage_parser
 from medalist.core.io import align, read_csv, read_json, read_processed, read_run, write_text
 from medalist.core.metrics import higher_is_better
 from medalist.core.plots import pyplot, save_figure
-from medalist.stages.report_html import Page, Table
+from medalist.stages.report_html import Page, Table, Thumb
 
 MISTAKES_PER_CLASS = 3
+THUMBS_PER_CLASS = 8  # pictures of the most confident mistakes per true class (image competitions)
+THUMB = 96  # pixels a side at most
 TEXT_CHARS = 300
 
 
@@ -127,6 +131,9 @@ def _history_curves(paths: Paths, run: str, metric: str) -> Curves:
     run_dir = paths.run(run)
     for k, fold_dir in _fold_dirs(run_dir, run_dir):
         info = read_json(fold_dir / "done.json").get("info") or {}
+        pre = info.get("pretrain") or {}
+        if pre.get("losses") and not pre.get("reused"):  # an unsupervised run the folds share (autoencoder)
+            curves["unsupervised pretraining"] = {"loss": (list(range(1, len(pre["losses"]) + 1)), pre["losses"])}
         seeds = info.get("per_seed") or [info]
         for s in seeds:
             hist = s.get("history") or []
@@ -232,22 +239,54 @@ def _confusion(page: Page, paths: Paths, name: str, proba: np.ndarray, y, labels
     page.image(png, f"confusion matrix {name}")
 
 
+def thumbnail(image_path: str) -> bytes | None:
+    """A small PNG of a processed table's image (a path under the project root), at most THUMB
+    pixels a side (smaller images stay as they are: the page scales them up pixel for pixel);
+    None where it does not decode."""
+    import io
+
+    from PIL import Image
+
+    from medalist.image.decode import open_rgb, square
+
+    im = open_rgb(C.root() / image_path) if image_path else None
+    if im is None:
+        return None
+    buf = io.BytesIO()
+    Image.fromarray(square(im, min(THUMB, max(im.size)))).save(buf, format="PNG", optimize=True)
+    return buf.getvalue()
+
+
 def _mistakes(page: Page, name: str, proba: np.ndarray, train: pd.DataFrame, labels) -> None:
     page.heading(f"Most confident OOF mistakes per class ({name})")
     y = train["label"].to_numpy()
     pred = proba.argmax(axis=1)
     conf = proba.max(axis=1)
     shown = "text" if "text" in train.columns else "image"  # what a reader recognises a row by
-    rows = []
+    pictures = "image" in train.columns and (train["image"].astype(str) != "").any()
+    rows, galleries = [], []
     for c, lab in enumerate(labels):
         wrong = np.flatnonzero((y == c) & (pred != c))
-        for i in wrong[np.argsort(-conf[wrong], kind="stable")][:MISTAKES_PER_CLASS]:
+        worst = wrong[np.argsort(-conf[wrong], kind="stable")]
+        for i in worst[:MISTAKES_PER_CLASS]:
             rows.append([lab, labels[pred[i]], _f(conf[i], ".3f"), _f(proba[i, c], ".3f"),
                          train["id"].iloc[i], _short(train[shown].iloc[i])])
-    if rows:
-        page.table(Table(["true", "predicted", "p(predicted)", "p(true)", "id", shown], rows))
-    else:
+        if pictures and len(worst):
+            galleries.append((f"true {lab}", [_thumb(train, i, labels[pred[i]], conf[i])
+                                              for i in worst[:THUMBS_PER_CLASS]]))
+    if not rows:
         page.para("No OOF mistakes.")
+        return
+    for label, thumbs in galleries:  # what a reader of an image competition looks at first
+        page.gallery(label, thumbs)
+    page.table(Table(["true", "predicted", "p(predicted)", "p(true)", "id", shown], rows))
+
+
+def _thumb(train: pd.DataFrame, i: int, predicted: str, conf: float) -> Thumb:
+    path = str(train["image"].iloc[i])
+    inside = bool(path) and not Path(path).is_absolute()  # the Markdown links files under the project root only
+    return Thumb(thumbnail(path), f"{train['id'].iloc[i]}: {predicted} ({conf:.2f})",
+                 C.root() / path if inside else None)
 
 
 def _ledger(page: Page, paths: Paths) -> None:

@@ -23,6 +23,8 @@ table{border-collapse:collapse;margin:.5em 0 1.5em}th,td{border:1px solid #ccc;p
 th{background:#f2f2f2}td.num{text-align:right;font-variant-numeric:tabular-nums}
 code{background:#f2f2f2;padding:0 .2em;border-radius:3px}img{max-width:100%}
 .muted{color:#777}
+.gallery{display:flex;flex-wrap:wrap;gap:.6em;margin:.3em 0 1.2em}.gallery figure{margin:0;width:112px;font-size:.75em}
+.gallery img{width:96px;height:96px;image-rendering:pixelated;border:1px solid #ccc;display:block}
 """
 
 _CELL_SPLIT = re.compile(r"(?<!\\)\|")  # a `\|` inside a cell is text, not a column border
@@ -59,6 +61,16 @@ class Table:
 
         body = [cells(line) for line in lines[1:] if not _RULE.fullmatch(line)]
         return cls(cells(lines[0]), body)
+
+
+@dataclasses.dataclass
+class Thumb:
+    """One picture of a gallery: PNG bytes (None: the image could not be read), a caption, and the
+    original file under the project root (what the Markdown links to; None if outside it)."""
+
+    png: bytes | None
+    caption: str
+    original: Path | None = None
 
 
 def _numeric(v) -> bool:
@@ -101,10 +113,26 @@ class Page:
         self.html.append(t.html())
 
     def image(self, path: Path, alt: str) -> None:
-        rel = Path(*([".."] * len(self.md_dir.relative_to(C.root()).parts)), path.relative_to(C.root()))
-        self.md.append(f"![{alt}]({rel.as_posix()})")
+        self.md.append(f"![{alt}]({self._rel(path).as_posix()})")
         data = base64.b64encode(path.read_bytes()).decode("ascii")
         self.html.append(f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">')
+
+    def gallery(self, label: str, thumbs: list[Thumb]) -> None:
+        """A labelled row of small pictures, each inline in the HTML (base64 PNG); in the Markdown,
+        links to the original image files."""
+        alt = lambda t: t.caption.replace("[", "(").replace("]", ")")  # noqa: E731 — brackets end a Markdown alt text
+        links = [f"![{alt(t)}]({self._rel(t.original).as_posix()})" if t.original else t.caption for t in thumbs]
+        self.md.append(f"{label}: " + " ".join(links))
+        figs = []
+        for t in thumbs:
+            img = (f'<img alt="{html.escape(t.caption)}" src="data:image/png;base64,'
+                   f'{base64.b64encode(t.png).decode("ascii")}">' if t.png else "")
+            figs.append(f"<figure>{img}<figcaption>{html.escape(t.caption)}</figcaption></figure>")
+        self.html.append(f"<p>{html.escape(label)}</p><div class=\"gallery\">{''.join(figs)}</div>")
+
+    def _rel(self, path: Path) -> Path:
+        """`path` (under the project root) as seen from the Markdown file's folder."""
+        return Path(*([".."] * len(self.md_dir.relative_to(C.root()).parts)), Path(path).relative_to(C.root()))
 
     def markdown(self, text: str, below: int = 2) -> None:
         """A Markdown document as a subsection of this page: its title (`# …`) is dropped, since the

@@ -1,18 +1,20 @@
-"""`make train MODELS="…" [USE_GEN=1] [FOLDS=0,1]`: k-fold training of one model config.
+"""`make train MODELS="…" [USE_GEN=1 | GEN=aug,llm,pseudo] [FOLDS=0,1]`: k-fold training of one model config.
 
 Reads   configs/models/<model>.yaml, data/processed/<comp>/train.csv + test.csv,
-        data/generated/<comp>/generated_train.csv (only with --use-gen)
+        data/generated/<comp>/generated_train.csv (only with --use-gen: every source, or --gen: those named),
+        results/<comp>/pretrain/<name>/done.json (only for a `backbone: pretrain:<name>`)
 Writes  results/<comp>/<run>/ — config.yaml, fold<k>/ (weights + val.csv, test.csv, done.json),
         and, once every fold is done, oof.csv, test.csv, metrics.json (metrics.json last: it is
-        the Make target). <run> = <model> or <model>+gen.
+        the Make target). <run> = <model>, <model>+gen (USE_GEN=1) or e.g. <model>+aug+pseudo (GEN=aug,pseudo).
 Run     python -m medalist.stages.train --comp demo --model tfidf
         accelerate launch --config_file accelerate_config.yaml -m medalist.stages.train … (neural models)
 
 Each fold hands the family rows (FoldData): id plus the processed columns the model config's
 `inputs` names (default [text]), which the competition must declare; metrics.json records them.
 A killed run restarts at the first unfinished fold; a fold whose done.json carries another
-config hash is retrained. A --folds subset trains and scores those folds only and leaves the
-run unfinished, so a later full run reuses them.
+config hash is retrained (the hash covers the generated rows chosen and a pretrained backbone's
+key). A --folds subset trains and scores those folds only and leaves the run unfinished, so a
+later full run reuses them.
 """
 from __future__ import annotations
 
@@ -26,18 +28,20 @@ import numpy as np
 import pandas as pd
 
 from medalist.core import config as C
+from medalist.core import generated
 from medalist.core.competition import load_competition
 from medalist.core.config import Paths, UserError, stage_parser
 from medalist.core.io import align, proba_frame, read_json, read_processed, write_csv, write_json, write_text
 from medalist.core.locks import stage_lock
 from medalist.core.metrics import score
 from medalist.core.runtime import current_threads
-from medalist.models import FoldData
+from medalist.models import FoldData, Tokenized
+from medalist.models.backbones import pretrain_key
 from medalist.models.registry import load_model_config
 
 
-def run_name(model: str, use_gen: bool) -> str:
-    return model + ("+gen" if use_gen else "")
+def run_name(model: str, use_gen: bool, gen: tuple[str, ...] = ()) -> str:
+    return model + generated.suffix(use_gen, gen)
 
 
 def _state():
@@ -46,32 +50,31 @@ def _state():
     return PartialState()
 
 
-def read_generated(paths: Paths) -> pd.DataFrame:
-    path = paths.generated / "generated_train.csv"
-    if not path.exists():
-        raise UserError(f"USE_GEN=1 but {path} does not exist: run `make augment COMP={paths.comp}` "
-                        f"or `make generate COMP={paths.comp}` first")
-    gen = pd.read_csv(path, dtype={"id": str, "text": str, "folds": str, "parent_id": str}, keep_default_na=False)
-    return gen
-
-
 def _gen_for_fold(gen: pd.DataFrame, k: int) -> pd.DataFrame:
     sets = gen["folds"].astype(str).str.split(";")
     return gen[sets.map(lambda s: str(k) in s)]
 
 
-def run(comp_name: str, model: str, use_gen: bool = False, folds: list[int] | None = None) -> Path:
+def run(comp_name: str, model: str, use_gen: bool = False, folds: list[int] | None = None,
+        gen_sources: tuple[str, ...] = ()) -> Path:
+    """use_gen: train on every generated source; gen_sources: on those named (e.g. ("aug", "pseudo"))."""
     comp = load_competition(comp_name)
     paths = Paths(comp.name)
     mod, cfg = load_model_config(model)
-    name = run_name(model, use_gen)
+    name = run_name(model, use_gen, gen_sources)
     run_dir = paths.run(name)
     state = _state()
     train, test = read_processed(paths)
-    cols = ["id", *_inputs(comp, model, cfg, train, use_gen)]
-    gen = read_generated(paths) if use_gen else None
+    with_gen = use_gen or bool(gen_sources)
+    cols = ["id", *_inputs(comp, model, cfg, train, with_gen)]
+    gen = generated.read_train_rows(paths, generated.SOURCES if use_gen else gen_sources) if with_gen else None
 
     resolved = {"run": name, "competition": comp.name, "use_gen": use_gen, "model": C.to_dict(cfg)}
+    if gen is not None:  # new generated rows retrain the folds; unchanged ones keep them
+        resolved["generated"] = {"sources": sorted(set(generated.kind(gen["source"]))), "rows": len(gen),
+                                 "digest": generated.digest(gen)}
+    if isinstance(cfg, Tokenized) and (key := pretrain_key(cfg.backbone, comp.name)):  # a new pretraining retrains too
+        resolved["pretrain_key"] = key
     cfg_hash = hashlib.sha256(json.dumps(resolved, sort_keys=True).encode()).hexdigest()[:16]
     n_folds = int(train["fold"].max()) + 1
     todo = list(range(n_folds)) if folds is None else folds
@@ -136,7 +139,7 @@ def run(comp_name: str, model: str, use_gen: bool = False, folds: list[int] | No
     return run_dir
 
 
-def _inputs(comp, model: str, cfg, train: pd.DataFrame, use_gen: bool) -> tuple[str, ...]:
+def _inputs(comp, model: str, cfg, train: pd.DataFrame, with_gen: bool) -> tuple[str, ...]:
     """The processed columns the model reads, checked against what the competition provides."""
     missing = [i for i in cfg.inputs if i not in comp.inputs.kinds]
     if missing:
@@ -146,8 +149,8 @@ def _inputs(comp, model: str, cfg, train: pd.DataFrame, use_gen: bool) -> tuple[
     if stale:
         raise UserError(f"data/processed/{comp.name}/train.csv has no '{stale[0]}' column: "
                         f"rebuild it with `make folds COMP={comp.name}`")
-    if use_gen and set(cfg.inputs) - {"text"}:
-        raise UserError(f"USE_GEN=1: generated rows hold text only, model '{model}' reads {list(cfg.inputs)}")
+    if with_gen and set(cfg.inputs) - {"text"}:
+        raise UserError(f"USE_GEN=1 / GEN: generated rows hold text only, model '{model}' reads {list(cfg.inputs)}")
     return cfg.inputs
 
 
@@ -216,10 +219,11 @@ def parse_folds(s: str | None) -> list[int] | None:
 def main(argv: list[str] | None = None) -> None:
     ap = stage_parser("medalist.stages.train", __doc__)
     ap.add_argument("--model", required=True)
-    ap.add_argument("--use-gen", action="store_true")
+    ap.add_argument("--use-gen", action="store_true", help="train on every generated source too (run suffix +gen)")
+    ap.add_argument("--gen", default="", help="train on these generated sources too, e.g. aug,pseudo")
     ap.add_argument("--folds", default=None, help="comma-separated subset, e.g. 0,1")
     a = ap.parse_args(argv)
-    run(a.comp, a.model, a.use_gen, parse_folds(a.folds))
+    run(a.comp, a.model, a.use_gen, parse_folds(a.folds), generated.parse_sources(a.gen) if a.gen else ())
 
 
 if __name__ == "__main__":

@@ -7,10 +7,13 @@ Run     python -m medalist.stages.tta --comp demo --run tfidf
 
 Views per text: the original; for models with a max length, head-only and tail-only
 truncation and a sliding-window mean of texts longer than it (counted with the run's tokenizer,
-or in words when none can be loaded); k nlpaug views with math spans protected. Validation rows
-are predicted with their own fold's weights, test rows with every fold's (mean). The TTA mean is
-used only where it raises the run's OOF score; otherwise tta/ holds the plain predictions, so
-downstream stages can always read tta/. Nothing is retrained.
+or in words when none can be loaded); k nlpaug views with math spans protected. Views per image
+(a run whose inputs are [image]): the original and a fixed set from tta.yaml's `image:` —
+horizontal flip, vertical flip where listed, centre and corner crops, a larger scale — never a
+search over subsets. Validation rows are predicted with their own fold's weights, test rows with
+every fold's (mean). The TTA mean is used only where it raises the run's OOF score (images: by at
+least `image.min_gain`); otherwise tta/ holds the plain predictions, so downstream stages can
+always read tta/. Nothing is retrained.
 """
 from __future__ import annotations
 
@@ -30,6 +33,7 @@ from medalist.text import augmenters, math_spans, views
 from medalist.core.competition import load_competition
 from medalist.core.io import align, proba_frame, read_processed, read_run, write_csv, write_json
 from medalist.core.metrics import better, score
+from medalist.image import augment as image_views
 
 View = Literal["head", "tail", "window", "nlpaug"]
 
@@ -45,6 +49,16 @@ class Augmenter:
 
 
 @dataclasses.dataclass(frozen=True)
+class ImageTTA:
+    """The views of an image run: a fixed set, averaged with the original."""
+
+    views: tuple[image_views.ViewSet, ...] = ("hflip", "crops", "scale")
+    crop: Annotated[float, Range(gt=0.5, lt=1)] = 0.875  # share of the side a crop keeps (resized back)
+    scale: Annotated[float, Range(gt=1, le=2)] = 1.15  # factor on the input size of the `scale` view
+    min_gain: Annotated[float, Range(ge=0, le=1)] = 0.002  # views are used only if the OOF gains at least this
+
+
+@dataclasses.dataclass(frozen=True)
 class TTAConfig:
     views: tuple[View, ...] = ("head", "tail", "window", "nlpaug")
     nlpaug_k: Annotated[int, NonNegative] = 2
@@ -53,6 +67,7 @@ class TTAConfig:
     max_windows: Annotated[int, AtLeastOne] = 8
     seed: Annotated[int, NonNegative] = 42
     min_gain: Annotated[float, Range(ge=-1, le=1)] = 0.0
+    image: ImageTTA = ImageTTA()
 
 
 def load_config() -> TTAConfig:
@@ -211,8 +226,67 @@ def predict_views(predict, views: _Views, plain: np.ndarray, names: list[str]) -
     return out
 
 
+def _text_views(run_dir: Path, run: str, model, cfg: TTAConfig, train: pd.DataFrame, test: pd.DataFrame,
+                fold: np.ndarray, plain_oof: np.ndarray, plain_test: np.ndarray, K: int):
+    """(view names, OOF per view, test per view, facts for metrics.json) of a text run."""
+    from medalist.models.registry import load_run_predictor
+
+    n_folds = int(fold.max()) + 1
+    spans_of, budget, counted = _token_spans(run_dir, model)
+    names = [v for v in cfg.views if v == "nlpaug" or budget is not None]
+    if names and tuple(model.inputs) != ("text",):  # views are of the text alone
+        print(f"note: TTA views change text only; {run} reads {list(model.inputs)}: plain predictions kept")
+        names = []
+
+    oof_views = {n: plain_oof.copy() for n in names}
+    test_views = {n: np.zeros_like(plain_test) for n in names}
+    te_views = build_views(test["text"].tolist(), cfg, spans_of, budget) if names else None
+    n_long, n_rejected = (te_views.n_long, te_views.n_rejected) if te_views else (0, 0)
+    for k in range(n_folds):
+        if not names:
+            break
+        predict = load_run_predictor(run_dir, k, K)
+        rows = np.flatnonzero(fold == k)
+        va_views = build_views(train["text"].iloc[rows].tolist(), cfg, spans_of, budget)
+        n_long += va_views.n_long
+        n_rejected += va_views.n_rejected
+        for n, p in predict_views(predict, va_views, plain_oof[rows], names).items():
+            oof_views[n][rows] = p
+        for n, p in predict_views(predict, te_views, plain_test, names).items():
+            test_views[n] += p / n_folds
+        print(f"[{run}] tta fold {k}: {len(rows)} val rows, {len(test)} test rows")
+
+    return names, oof_views, test_views, {"length_counted_in": counted, "token_budget": budget,
+                                          "n_long_texts": n_long, "nlpaug_views_rejected": n_rejected}
+
+
+def _image_views(run_dir: Path, run: str, cfg: ImageTTA, paths: Paths, train: pd.DataFrame, test: pd.DataFrame,
+                 fold: np.ndarray, plain_oof: np.ndarray, plain_test: np.ndarray, K: int):
+    """(view names, OOF per view, test per view, facts for metrics.json) of an image run: every
+    view of tta.yaml, predicted from the competition's decode-once image cache."""
+    import inspect
+
+    from medalist.models.registry import load_run_predictor
+
+    n_folds = int(fold.max()) + 1
+    wanted = image_views.views(cfg.views, cfg.crop, cfg.scale)
+    oof_views = {v.name: plain_oof.copy() for v in wanted}
+    test_views = {v.name: np.zeros_like(plain_test) for v in wanted}
+    for k in range(n_folds):
+        predict = load_run_predictor(run_dir, k, K)
+        if "view" not in inspect.signature(predict).parameters:
+            print(f"note: {run}'s family predicts no image views: plain predictions kept")
+            return [], {}, {}, {}
+        rows = np.flatnonzero(fold == k)
+        for v in wanted:
+            oof_views[v.name][rows] = predict(train.iloc[rows], view=v, data_dir=paths.processed)
+            test_views[v.name] += predict(test, view=v, data_dir=paths.processed) / n_folds
+        print(f"[{run}] tta fold {k}: {len(wanted)} views of {len(rows)} val rows and {len(test)} test rows")
+    return [v.name for v in wanted], oof_views, test_views, {"image_views": list(cfg.views)}
+
+
 def run(comp_name: str, run: str) -> Path:
-    from medalist.models.registry import family_module, load_run_predictor
+    from medalist.models.registry import family_module
 
     comp = load_competition(comp_name)
     paths = Paths(comp.name)
@@ -230,38 +304,22 @@ def run(comp_name: str, run: str) -> Path:
     y = train["label"].to_numpy()
     fold = train["fold"].to_numpy()  # the fold each OOF row was predicted in (train wrote it from here)
     K = comp.n_classes
-    spans_of, budget, counted = _token_spans(run_dir, model)
-    names = [v for v in cfg.views if v == "nlpaug" or budget is not None]
-    if names and tuple(model.inputs) != ("text",):  # views are of the text alone
-        print(f"note: TTA views change text only; {run} reads {list(model.inputs)}: plain predictions kept")
-        names = []
-    t0 = time.time()
-
-    oof_views = {n: plain_oof.copy() for n in names}
-    test_views = {n: np.zeros_like(plain_test) for n in names}
     n_folds = int(fold.max()) + 1
-    te_views = build_views(test["text"].tolist(), cfg, spans_of, budget) if names else None
-    n_long, n_rejected = (te_views.n_long, te_views.n_rejected) if te_views else (0, 0)
-    for k in range(n_folds):
-        if not names:
-            break
-        predict = load_run_predictor(run_dir, k, K)
-        rows = np.flatnonzero(fold == k)
-        va_views = build_views(train["text"].iloc[rows].tolist(), cfg, spans_of, budget)
-        n_long += va_views.n_long
-        n_rejected += va_views.n_rejected
-        for n, p in predict_views(predict, va_views, plain_oof[rows], names).items():
-            oof_views[n][rows] = p
-        for n, p in predict_views(predict, te_views, plain_test, names).items():
-            test_views[n] += p / n_folds
-        print(f"[{run}] tta fold {k}: {len(rows)} val rows, {len(test)} test rows")
+    t0 = time.time()
+    if tuple(model.inputs) == ("image",):
+        names, oof_views, test_views, extra = _image_views(run_dir, run, cfg.image, paths, train, test, fold,
+                                                           plain_oof, plain_test, K)
+    else:
+        names, oof_views, test_views, extra = _text_views(run_dir, run, model, cfg, train, test, fold,
+                                                          plain_oof, plain_test, K)
 
     tta_oof = np.mean([plain_oof, *oof_views.values()], axis=0)
     tta_test = np.mean([plain_test, *test_views.values()], axis=0)
     plain_score = score(comp.metric, y, plain_oof)
     tta_score = score(comp.metric, y, tta_oof)
     gain = tta_score - plain_score
-    use = bool(names) and better(comp.metric, tta_score, plain_score) and abs(gain) > cfg.min_gain
+    margin = abs(gain) >= cfg.image.min_gain if tuple(model.inputs) == ("image",) else abs(gain) > cfg.min_gain
+    use = bool(names) and better(comp.metric, tta_score, plain_score) and margin
     if not use:
         tta_oof, tta_test = plain_oof, plain_test
 
@@ -280,10 +338,7 @@ def run(comp_name: str, run: str) -> Path:
         "fold_scores": [score(comp.metric, y[fold == k], final[fold == k]) for k in range(n_folds)],
         "views": ["original", *names],
         "view_scores": {n: score(comp.metric, y, p) for n, p in oof_views.items()},
-        "length_counted_in": counted,
-        "token_budget": budget,
-        "n_long_texts": n_long,
-        "nlpaug_views_rejected": n_rejected,
+        **extra,
         "predict_seconds": time.time() - t0,
         "peak_rss_mb": C.peak_rss_mb(),
         "train_seconds": run_metrics.get("train_seconds"),

@@ -164,7 +164,7 @@ class _Encoder(torch.nn.Module):
 # ---------------------------------------------------------------- the unsupervised run, once
 
 
-def _unlabelled(fold: FoldData, size: int) -> list[str]:
+def unlabelled_images(fold: FoldData, size: int) -> list[str]:
     """Every image of the competition (the decode cache's rows: processed train and test), or,
     for a fold that knows no competition, the images of its own rows."""
     if fold.data_dir is not None:
@@ -188,7 +188,7 @@ def pretrain(cfg: Config, fold: FoldData, pretrain_dir: Path) -> tuple[str, dict
     (or resumed after a kill) otherwise. Returns (key, the run's info)."""
     from accelerate import PartialState
 
-    paths = _unlabelled(fold, cfg.image_size)
+    paths = unlabelled_images(fold, cfg.image_size)
     if not paths:
         raise UserError("no readable image to train the autoencoder on: check the images (make check)")
     key = pretrain_key(cfg, paths)
@@ -211,7 +211,8 @@ def reconstructions(cfg: Config, model: AutoEncoder, paths: list[str], processed
     """A picture of SHOWN images (a fixed draw): originals in the top row, reconstructions below."""
     from PIL import Image
 
-    pick = [paths[i] for i in sorted(np.random.default_rng(0).choice(len(paths), min(SHOWN, len(paths)), replace=False))]
+    drawn = np.random.default_rng(0).choice(len(paths), min(SHOWN, len(paths)), replace=False)
+    pick = [paths[i] for i in sorted(drawn)]
     px, _ = images(pick, cfg.image_size, processed_dir)
     with torch.no_grad():
         _, recon = model.to("cpu")(_pixels(px))
@@ -249,9 +250,10 @@ def fit_fold(cfg: Config, fold: FoldData, out_dir: Path) -> FoldResult:
     key, info = pretrain(cfg, fold, pretrain_dir)
     state = PartialState()
     if state.is_main_process:
-        out = (C.Paths(Path(fold.data_dir).name).images if fold.data_dir else pretrain_dir) / f"reconstructions_{run}.png"
+        where = C.Paths(Path(fold.data_dir).name).images if fold.data_dir else pretrain_dir
+        out = where / f"reconstructions_{run}.png"
         if not info["reused"] or not out.exists():
-            reconstructions(cfg, load_autoencoder(cfg, pretrain_dir), _unlabelled(fold, cfg.image_size),
+            reconstructions(cfg, load_autoencoder(cfg, pretrain_dir), unlabelled_images(fold, cfg.image_size),
                             fold.data_dir, out)
     paths = [*fold.train["image"], *fold.val["image"], *fold.test["image"]]
     with state.main_process_first():  # one process writes the code cache, the others read it

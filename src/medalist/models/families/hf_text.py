@@ -26,7 +26,7 @@ import torch
 from medalist.core.config import AtLeastOne, Range, UserError
 from medalist.models import FoldData, FoldResult, texts
 from medalist.models import checkpoints, engine, training
-from medalist.models.backbones import resolve
+from medalist.models.backbones import pretrained_name, resolve
 
 
 @dataclasses.dataclass(frozen=True)
@@ -210,6 +210,8 @@ class TextAdapter:
 
 def fit_fold(cfg: Config, fold: FoldData, out_dir: Path) -> FoldResult:
     """Train fresh models on fold.train (one per seed), save them in out_dir, return val/test probabilities."""
+    if fold.data_dir is not None and pretrained_name(cfg.backbone) is not None:  # made for this competition
+        cfg = dataclasses.replace(cfg, backbone=resolve(cfg.backbone, Path(fold.data_dir).name))
     return engine.fit_fold(TextAdapter(cfg, fold.n_classes, fold.train_labels), cfg, fold, Path(out_dir))
 
 
