@@ -67,7 +67,7 @@ def test_image_embed_computes_features_once_for_every_fold(project):
     tiny_competition(project)
     cfg = C.from_dict(image_embed.Config, EMBED, "image-embed.yaml")
     run = Paths(COMP).run("image-embed")
-    first = image_embed.fit_fold(cfg, fold_of(0), run / "fold0")
+    image_embed.fit_fold(cfg, fold_of(0), run / "fold0")
     [npy] = (Paths(COMP).processed / "features").glob("*.npy")
     stamp = npy.stat().st_mtime_ns
     fold = fold_of(1)

@@ -108,3 +108,38 @@ def read_file(path: Path) -> dict[str, torch.Tensor]:
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise UserError(f"weights file {path} holds no state dict of tensors")
     return obj
+
+
+SPECIAL = (PACKAGED, "timm", "none")  # `weights:` values that are not a file path
+
+
+def check_pair(backbone: str, weights: str, where: str) -> None:
+    """The packaged weights fit one architecture only."""
+    from medalist.core.config import UserError
+
+    if weights == PACKAGED and backbone != PACKAGED_ARCH:
+        raise UserError(f"{where}: weights 'packaged' are EfficientNet-Lite0 as timm's {PACKAGED_ARCH}; "
+                        f"set backbone: {PACKAGED_ARCH}, or weights: timm, none or a local file")
+
+
+def create(name: str, weights: str, num_classes: int, load: bool = True, **kwargs) -> tuple[torch.nn.Module, int]:
+    """timm model `name` with `num_classes` outputs (0: pooled features) and, where `load`, its
+    `weights` (packaged | timm | none | a file) — (model, tensors loaded); every way a name or
+    weights can be wrong is one line."""
+    import timm
+
+    from medalist.core.config import UserError
+
+    try:
+        net = timm.create_model(name, pretrained=load and weights == "timm", num_classes=num_classes, **kwargs)
+    except RuntimeError as e:  # timm: "Unknown model (…)"
+        raise UserError(f"backbone '{name}': {str(e).splitlines()[0]} (timm.list_models() names them)") from None
+    except OSError as e:  # weights: timm without the internet
+        raise UserError(f"backbone '{name}' weights cannot be fetched ({str(e).splitlines()[0]}); "
+                        f"offline, use weights: packaged or a local file") from None
+    loaded = 0
+    if load and weights == PACKAGED:
+        loaded = len(load_into(net, packaged_state(net), "packaged EfficientNet-Lite0"))
+    elif load and weights not in SPECIAL:
+        loaded = len(load_into(net, read_file(Path(weights)), f"weights file {weights}"))
+    return net, loaded

@@ -65,9 +65,7 @@ class Config(ImageRecipe):
 
     def validate(self, where: str) -> None:
         super().validate(where)
-        if self.weights == W.PACKAGED and self.backbone != W.PACKAGED_ARCH:
-            raise UserError(f"{where}: weights 'packaged' are EfficientNet-Lite0 as timm's {W.PACKAGED_ARCH}; "
-                            f"set backbone: {W.PACKAGED_ARCH}, or weights: timm, none or a local file")
+        W.check_pair(self.backbone, self.weights, where)
 
 
 # ---------------------------------------------------------------- the network around a backbone
@@ -136,23 +134,9 @@ class Classifier(torch.nn.Module):
 def timm_net(cfg: Config, n_classes: int, pretrained: bool) -> tuple[torch.nn.Module, tuple, tuple, int]:
     """(net, mean, std, tensors loaded): a timm backbone with a fresh n-class head; its pretrained
     weights loaded where `pretrained` (a saved fold's weights replace them anyway)."""
-    import timm
-
     from timm.data import resolve_data_config
 
-    hub = pretrained and cfg.weights == "timm"
-    try:
-        net = timm.create_model(cfg.backbone, pretrained=hub, num_classes=n_classes, drop_rate=cfg.drop_rate)
-    except RuntimeError as e:
-        raise UserError(f"backbone '{cfg.backbone}': {str(e).splitlines()[0]} (timm.list_models() names them)") from None
-    except OSError as e:
-        raise UserError(f"backbone '{cfg.backbone}' weights cannot be fetched ({str(e).splitlines()[0]}); "
-                        f"offline, use weights: packaged or a local file") from None
-    loaded = 0
-    if pretrained and cfg.weights == W.PACKAGED:
-        loaded = len(W.load_into(net, W.packaged_state(net), "packaged EfficientNet-Lite0"))
-    elif pretrained and cfg.weights not in ("timm", "none"):
-        loaded = len(W.load_into(net, W.read_file(Path(cfg.weights)), cfg.weights))
+    net, loaded = W.create(cfg.backbone, cfg.weights, n_classes, load=pretrained, drop_rate=cfg.drop_rate)
     data = resolve_data_config({}, model=net)
     return net, tuple(data["mean"]), tuple(data["std"]), loaded
 

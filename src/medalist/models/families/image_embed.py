@@ -29,7 +29,6 @@ from medalist.image import weights as W
 from medalist.image.features import Extractor, features
 from medalist.models import FoldData, FoldResult, RunConfig
 
-SPECIAL_WEIGHTS = (W.PACKAGED, "timm", "none")  # as the image family names them
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,9 +49,7 @@ class Config(RunConfig):
         super().validate(where)
         if "image" not in self.inputs:
             raise UserError(f"{where}: family image_embed reads the image input; set inputs: [image]")
-        if self.weights == W.PACKAGED and self.backbone != W.PACKAGED_ARCH:
-            raise UserError(f"{where}: weights 'packaged' are EfficientNet-Lite0 as timm's {W.PACKAGED_ARCH}; "
-                            f"set backbone: {W.PACKAGED_ARCH}, or give other weights")
+        W.check_pair(self.backbone, self.weights, where)
 
 
 # ---------------------------------------------------------------- the frozen backbone
@@ -60,22 +57,9 @@ class Config(RunConfig):
 
 def backbone(name: str, weights: str, seed: int = 0):
     """timm `name` without its classifier (forward → pooled features), with `weights` loaded."""
-    import timm
-
-    try:
-        with torch.random.fork_rng(devices=[]):  # weights "none": the same network in every process and fold
-            torch.manual_seed(seed)
-            model = timm.create_model(name, pretrained=weights == "timm", num_classes=0)
-    except RuntimeError as e:  # timm: "Unknown model (…)"
-        raise UserError(f"backbone '{name}': {str(e).splitlines()[0]} (a timm model name)") from None
-    except OSError as e:  # weights: timm without the internet
-        raise UserError(f"backbone '{name}': ImageNet weights cannot be downloaded ({str(e).splitlines()[0]}); "
-                        f"use weights: packaged or a local file") from None
-    if weights == W.PACKAGED:
-        W.load_into(model, W.packaged_state(model), "packaged EfficientNet-Lite0 weights")
-    elif weights not in SPECIAL_WEIGHTS:
-        W.load_into(model, W.read_file(Path(weights)), f"weights file {weights}")
-    return model
+    with torch.random.fork_rng(devices=[]):  # weights "none": the same network in every process and fold
+        torch.manual_seed(seed)
+        return W.create(name, weights, 0)[0]
 
 
 class Normalised(torch.nn.Module):
@@ -93,7 +77,7 @@ class Normalised(torch.nn.Module):
 
 
 def _weights_id(cfg: Config) -> str:
-    if cfg.weights in SPECIAL_WEIGHTS:
+    if cfg.weights in W.SPECIAL:
         return cfg.weights + (str(cfg.seed) if cfg.weights == "none" else "")
     path = Path(cfg.weights)
     if not path.is_file():
