@@ -7,10 +7,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -18,7 +16,7 @@ import pytest
 import yaml
 
 from conftest import REPO, make_env
-from tiny_text import LABELS, build_tiny_models, make_texts
+from tiny_text import LABELS, build_tiny_models, kill_at_first_checkpoint, make_texts
 
 MLM = {"max_length": 32, "batch_size": 8, "lr": 1e-3, "epochs": 2, "seed": 0}
 
@@ -78,16 +76,7 @@ def _fingerprint(path: Path) -> str:
 def test_pretraining_resumes_after_a_kill_and_a_run_trains_on_it(root, tiny_models, capsys):
     out = root / "results" / "tiny" / "pretrain" / "tinymlm"
     first_ckpt = out / "ckpt" / "checkpoints" / "checkpoint_1" / "progress.json"
-    proc = subprocess.Popen(_launch_cmd(), env=_env(root), cwd=root, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        deadline = time.time() + 240
-        while not first_ckpt.exists() and proc.poll() is None and time.time() < deadline:
-            time.sleep(0.005)  # polling for the checkpoint, not waiting for time to pass
-        assert first_ckpt.exists(), "no epoch checkpoint appeared"
-        os.killpg(proc.pid, signal.SIGKILL)
-    finally:
-        proc.wait()
+    kill_at_first_checkpoint(_launch_cmd(), _env(root), root, first_ckpt)
     assert not (out / "done.json").exists(), "the pretraining finished before it could be killed"
 
     again = subprocess.run(_launch_cmd(), env=_env(root), cwd=root, capture_output=True, text=True, timeout=300)

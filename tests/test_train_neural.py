@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +15,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from tiny_text import LABELS, build_tiny_models, make_texts
+from tiny_text import LABELS, build_tiny_models, kill_at_first_checkpoint, make_texts
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -242,16 +240,7 @@ def test_killed_fold_resumes_to_the_uninterrupted_predictions(tiny_models, tmp_p
 
     fold_dir = killed / "results" / "tiny" / "tinybert2" / "fold0"
     first_ckpt = fold_dir / "ckpt" / "checkpoints" / "checkpoint_1" / "progress.json"
-    proc = subprocess.Popen(launch_cmd("tinybert2", "--folds", "0"), env=env_for(killed), cwd=killed,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        deadline = time.time() + 240
-        while not first_ckpt.exists() and proc.poll() is None and time.time() < deadline:
-            time.sleep(0.005)  # polling for the checkpoint, not waiting for time to pass
-        assert first_ckpt.exists(), "no epoch checkpoint appeared"
-        os.killpg(proc.pid, signal.SIGKILL)
-    finally:
-        proc.wait()
+    kill_at_first_checkpoint(launch_cmd("tinybert2", "--folds", "0"), env_for(killed), killed, first_ckpt)
     assert not (fold_dir / "done.json").exists(), "the run finished before it could be killed"
     from medalist.core import config as C
     from medalist.models.families import hf_text
