@@ -36,6 +36,16 @@ def goals(res: dict) -> list[str]:
     return out
 
 
+def stamp_lines(res: dict) -> list[str]:
+    """When parts were measured on different commits or stacks, say which part came from where."""
+    stamps = res.get("part_stamps") or {}
+    if len({(v["git_sha"], v["machine"]["versions"].get("torch")) for v in stamps.values()}) < 2:
+        return []
+    return ["Parts measured at different times (a part not rerun keeps its figures):", ""] + [
+        f"- {part}: git `{v['git_sha']}`, {v['date']}, torch {v['machine']['versions'].get('torch')}"
+        for part, v in stamps.items()] + [""]
+
+
 def render(res: dict) -> str:
     m, q, s, g = res["machine"], res.get("quality") or {}, res.get("speed") or {}, res.get("growth") or {}
     gpu = bool(m.get("gpu"))
@@ -44,6 +54,7 @@ def render(res: dict) -> str:
          "## Machine", "",
          f"- CPU: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB; GPU: {m['gpu'] or 'none'}; {m['os']}",
          "- " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()), "",
+         *stamp_lines(res),
          "## Commands", "", "```bash", *res["commands"], "```", "", "## Goals", "", *goals(res), ""]
     if q:
         L += ["## Quality (test set, scored against the answers)", "",

@@ -121,8 +121,15 @@ def main(argv: list[str] | None = None) -> None:
         raise UserError(f"no model config {a.model_config}")
     work = C.root() / "results" / comp.name / "bench"
     res = read_json(a.out_json) if a.out_json.exists() else {}
+    # which stack and commit measured each part: a part not run keeps the figures (and stamp) it had
+    stamps = res.setdefault("part_stamps", {})
+    if res.get("machine") and not stamps:  # results.json from before parts were stamped
+        stamps.update({part: {"git_sha": res.get("git_sha"), "date": res.get("date"), "machine": res["machine"]}
+                       for part in ("quality", "speed", "growth") if res.get(part)})
     res.update({"comp": comp.name, "answers": str(a.answers), "model": a.model, "git_sha": C.git_sha(),
                 "date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine()})
+    stamps.update({part: {"git_sha": res["git_sha"], "date": res["date"], "machine": res["machine"]}
+                   for part in a.parts})
     n_train, n_test = len(pd.read_csv(data["train"])), len(pd.read_csv(data["test"]))
     sizes = sorted({min(n_train if s == "all" else int(s), n_train) for s in a.growth_sizes.split(",")})
     test_sizes = sorted({min(n, n_test) for n in sizes})
