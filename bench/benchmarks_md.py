@@ -82,7 +82,7 @@ def render(res: dict) -> str:
         L += ["## Speed (A/B, same backbone, same rows)", "",
               (f"{s['repeats']} alternating repeats (ABBA order), median; each side its own process; "
               f"training: {s['steps']} optimizer steps on the same {s['rows']} train rows (medalist: "
-              f"`encoder.fit_fold`, one epoch over them; Trainer: `--max-steps {s['steps']}`); inference: "
+              f"`hf_text.fit_fold` through the engine, one epoch over them; Trainer: `--max-steps {s['steps']}`); inference: "
               f"the same {s['infer_rows']} test texts. Device: {s['device']}."), "",
               "| | medalist | plain Trainer | ratio |", "|---|---|---|---|",
               f"| training samples/s | {fmt(tr['medalist'], 2)} | {fmt(tr['trainer'], 2)} | {fmt(tr['ratio'], 2)}× |",

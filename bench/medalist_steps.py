@@ -1,6 +1,6 @@
 """medalist's side of the bench's A/B: the pipeline's own fold trainer on a fixed number of steps.
 
-`encoder.fit_fold` trains one epoch over exactly the rows given (run_bench passes steps × batch
+`hf_text.fit_fold` (the engine) trains one epoch over exactly the rows given (run_bench passes steps × batch
 rows, the same rows the plain Trainer gets), so the timed loop is the one `make train` runs:
 length-grouped batches, dynamic padding, fused AdamW, accelerate (bf16 by itself on CUDA). Its
 own figures are read back: train_samples_per_s of the step loop and the test predict time.

@@ -9,7 +9,7 @@ Parts (--parts, default all):
            ensembles are medalist.stages.ensemble run in a scratch root beside them, so the committed
            results/<comp>/ensemble/ is left alone. Everything is cached under results/<comp>/bench/,
            keyed by its inputs: a rerun reuses it.
-  speed    A/B, alternating medalist (bench/medalist_steps.py: encoder.fit_fold on steps × batch
+  speed    A/B, alternating medalist (bench/medalist_steps.py: hf_text.fit_fold on steps × batch
            rows) and the Trainer script (--max-steps) on the same rows, each its own process;
            medians of --repeats; training samples/s, inference texts/s, tokenisation time, peak RSS
            (and peak GPU memory, bf16, on CUDA).
