@@ -112,7 +112,7 @@ endif
         ensemble report submission predict score submit status tensorboard test bench clean
 
 help: ## list every target
-	@echo "usage: make <target> [COMP=demo] [MODELS=\"tfidf embed minilm\"] [USE_GEN=0|1 | GEN=aug,llm,pseudo] …"
+	@echo "usage: make <target> [COMP=demo] [MODELS=\"tfidf embed minilm\" (default: the competition's default_models)] [USE_GEN=0|1 | GEN=aug,llm,pseudo] …"
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z]+:.*## / {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 # no recipe of its own: `make -q all` must be able to say "up to date"
@@ -155,7 +155,7 @@ download: $(RAW) ## fetch the competition files (Kaggle, or COMP_DIR / COMP_ZIP,
 $(RAW): $(if $(COMP_DIR)$(COMP_ZIP),FORCE) | $(VENV)/.installed
 	$(PY) -m medalist.stages.download --comp $(COMP) --dir "$$COMP_DIR" --zip "$$COMP_ZIP"
 
-check: $(CHECKS) ## audit train/test: duplicates, HTML, LaTeX, links, lengths, tokens, adversarial AUC
+check: $(CHECKS) ## audit train/test: duplicates, HTML, LaTeX, links, lengths, tokens; images: unreadable, sizes, pHash duplicates, samples; adversarial AUC
 $(CHECKS): $(RAW) configs/competitions/$(COMP).yaml $(M)/stages/checks.py $(M)/text/clean.py $(M)/image/audit.py $(M)/image/dedup.py | $(VENV)/.installed
 	$(PY) -m medalist.stages.checks --comp $(COMP)
 
