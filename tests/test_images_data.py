@@ -121,7 +121,7 @@ def test_checks_name_the_unreadable_file_and_count_duplicates(project):
     checks_stage.run(comp)
     md = (Paths("demo-images").results / "checks.md").read_text()
     assert f"`data/raw/demo-images/test/{bad}`: test, kept" in md
-    assert "| test | 60 | 1 |" in md
+    assert "| test | 60 | 0 (0.0%) | 1 |" in md
     for line in ("| train exact duplicates (same bytes or pixels) | 4 |", "| train near duplicates (beyond exact) | 4 |",
                  "| test images exactly in train | 2 |", "| test images near a train image (beyond exact) | 2 |",
                  "| JPEG | CMYK |", "| WEBP | RGB |"):

@@ -126,7 +126,7 @@ class Competition:
     inputs: Inputs = Inputs(text=TextInput(columns=("text",)))
     label_column: str = "label"
     label_encoding: Literal["index", "name"] = "index"  # how train.csv writes the label
-    metric: Literal["micro_f1", "macro_f1", "accuracy", "log_loss"] = "micro_f1"
+    metric: Literal["micro_f1", "macro_f1", "weighted_f1", "accuracy", "log_loss"] = "micro_f1"
     submission: Submission = Submission()
     cleaning: Cleaning = Cleaning()
     folds: Folds = Folds()
@@ -317,7 +317,8 @@ def read_raw(comp: Competition, raw_dir: Path) -> tuple[pd.DataFrame, pd.DataFra
         if image.urls is not None:
             df["image"] = layouts.url_image_paths(df["image"], image.urls, raw_dir)
         else:
-            df["image"] = layouts.table_image_paths(df["image"], image, folder, raw_dir, what)
+            df["image"] = layouts.table_image_paths(df["image"], image, folder, raw_dir, what,
+                                                    optional=comp.inputs.kinds != ("image",))
     lacking = (train["image"] == "").to_numpy()
     if lacking.any() and comp.inputs.kinds == ("image",):
         if lacking.all():

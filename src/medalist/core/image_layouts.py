@@ -97,24 +97,34 @@ def folder_rows(raw_dir: Path, image: ImageInput, what: str) -> pd.DataFrame:
     return pd.DataFrame({"id": _file_ids(files, image.ids, what), "image": [f.as_posix() for f in files]})
 
 
-def table_image_paths(values: pd.Series, image: ImageInput, folder: str, raw_dir: Path, what: str) -> np.ndarray:
-    """A table column of file names → paths relative to raw_dir; every file must be there."""
-    if values.isna().any():
-        row = int(np.flatnonzero(values.isna().to_numpy())[0])
+def table_image_paths(values: pd.Series, image: ImageInput, folder: str, raw_dir: Path, what: str,
+                      optional: bool = False) -> np.ndarray:
+    """A table column of file names → paths relative to raw_dir. Image-only (optional False):
+    every row names a file that is there. With other inputs (optional True) a row may have no
+    photo: an empty cell, or a named file that is not there (counted in a note), becomes "";
+    only when no named file is there at all is it a mistake (the wrong folder or extension)."""
+    empty = values.isna().to_numpy() | (values.fillna("").astype(str).str.strip() == "").to_numpy()
+    if empty.any() and not optional:
+        row = int(np.flatnonzero(empty)[0])
         raise UserError(f"{what}: empty image name in column '{image.column}' at row {row + 2}")
-    rel = [PurePosixPath(folder) / (str(v).strip() + image.extension) for v in values]
-    outside = [i for i, r in enumerate(rel) if r.is_absolute() or ".." in r.parts]
+    rel = [None if e else PurePosixPath(folder) / (str(v).strip() + image.extension) for v, e in zip(values, empty)]
+    outside = [i for i, r in enumerate(rel) if r is not None and (r.is_absolute() or ".." in r.parts)]
     if outside:
         i = outside[0]
         raise UserError(f"{what}: image '{rel[i]}' at row {i + 2} is not inside {raw_dir}; "
                         f"give paths relative to inputs.image's folder")
-    missing = [i for i, r in enumerate(rel) if not (raw_dir / r).is_file()]
-    if missing:
+    missing = [i for i, r in enumerate(rel) if r is not None and not (raw_dir / r).is_file()]
+    named = len(rel) - int(empty.sum())
+    if missing and (not optional or len(missing) == named):
         i = missing[0]
-        raise UserError(f"{what}: {len(missing)} of {len(rel)} images not found, e.g. {raw_dir / rel[i]} "
+        raise UserError(f"{what}: {len(missing)} of {named} images not found, e.g. {raw_dir / rel[i]} "
                         f"(row {i + 2}); check inputs.image (column '{image.column}', folder '{folder}', "
                         f"extension '{image.extension}')")
-    return np.array([r.as_posix() for r in rel], dtype=object)
+    if missing:
+        print(f"note: {what}: {len(missing)} of {named} named images not found (e.g. {rel[missing[0]]}); "
+              "those rows are read without a photo")
+    gone = set(missing)
+    return np.array(["" if r is None or i in gone else r.as_posix() for i, r in enumerate(rel)], dtype=object)
 
 
 def url_image_paths(values: pd.Series, urls: UrlImages, raw_dir: Path) -> np.ndarray:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 from sklearn.metrics import accuracy_score, f1_score, log_loss
 
-METRICS = ("micro_f1", "macro_f1", "accuracy", "log_loss")
+METRICS = ("micro_f1", "macro_f1", "weighted_f1", "accuracy", "log_loss")
 
 
 def higher_is_better(metric: str) -> bool:
@@ -28,6 +28,8 @@ def score_labels(metric: str, y_true, y_pred) -> float:
         return float(f1_score(y_true, y_pred, average="micro"))
     if metric == "macro_f1":
         return float(f1_score(y_true, y_pred, average="macro"))
+    if metric == "weighted_f1":  # per-class F1 weighted by each class's true count
+        return float(f1_score(y_true, y_pred, average="weighted"))
     if metric == "accuracy":
         return float(accuracy_score(y_true, y_pred))
     raise ValueError(f"metric {metric!r} needs probabilities or is unknown")

@@ -49,8 +49,14 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
     Family("image_embed", "medalist.models.families.image_embed", "inprocess",
            ("models/families/image_embed.py", "image/features.py", "image/weights.py", "image/cache.py",
             "image/decode.py")),
+    Family("fusion_embed", "medalist.models.families.fusion_embed", "inprocess",
+           ("models/families/fusion_embed.py", "models/families/embed_lr.py", "models/families/image_embed.py",
+            "models/backbones.py", "image/features.py", "image/weights.py", "image/cache.py", "image/decode.py")),
     Family("autoencoder", "medalist.models.families.autoencoder", "accelerate",
            ("models/families/autoencoder.py", "models/families/image_embed.py", "image/features.py",
+            "image/weights.py", "image/cache.py", "image/decode.py", *_ENGINE)),
+    Family("fusion", "medalist.models.families.fusion", "accelerate",
+           ("models/families/fusion.py", "models/families/hf_text.py", "models/backbones.py", "image/augment.py",
             "image/weights.py", "image/cache.py", "image/decode.py", *_ENGINE)),
 )}
 COMMON_SOURCES = ("stages/train.py", "models/__init__.py", "models/registry.py")

@@ -197,13 +197,22 @@ def _text_checks(comp: Competition, paths: Paths, train: pd.DataFrame, test: pd.
 
 def _image_files(a, rel: list[str], ids: list[str], n: int) -> list[str]:
     """Rows, files that do not decode (named), formats and modes, sizes."""
-    bad = np.flatnonzero(~a.readable)
-    md = ["## Rows", "", _table(["file", "rows", "images that do not decode"], [
-        ["train", n, int((~a.readable[:n]).sum())], ["test", len(rel) - n, int((~a.readable[n:]).sum())]]), ""]
+    none = np.array([not r for r in rel], dtype=bool)
+    bad = np.flatnonzero(~a.readable & ~none)
+
+    def row(split: str, s: slice) -> list:
+        k = int(none[s].sum())
+        return [split, len(none[s]), f"{k} ({k / max(len(none[s]), 1):.1%})", int((~a.readable[s] & ~none[s]).sum())]
+
+    md = ["## Rows", "", _table(["file", "rows", "without an image", "images that do not decode"],
+                                [row("train", slice(0, n)), row("test", slice(n, len(rel)))]), ""]
+    if none.any():
+        md += ["Rows without an image stay in a competition with other inputs (image-only runs give them "
+               "their fallback) and are left out of an image-only one's training.", ""]
     if len(bad):
         fate = {True: "train, left out by `make folds` in an image-only competition",
                 False: "test, kept: its row gets the fallback prediction"}
-        md += ["## Unreadable images", ""] + [f"- `{rel[i] or ids[i] + ': no file'}`: {fate[bool(i < n)]}" for i in bad[:20]]
+        md += ["## Unreadable images", ""] + [f"- `{rel[i]}`: {fate[bool(i < n)]}" for i in bad[:20]]
         md += ([f"- and {len(bad) - 20} more"] if len(bad) > 20 else []) + [""]
     info = pd.concat([a.train_info.assign(split="train"), a.test_info.assign(split="test")])
     kinds = info.groupby(["format", "mode", "split"]).size().unstack("split", fill_value=0)

@@ -56,7 +56,7 @@ GIB = 1 << 30
 # bomb (1 MB → 1 GiB is 1000x) still stops before it fills the disk.
 UNZIP_LIMITS = {"MEDALIST_UNZIP_MAX_GB": 200.0, "MEDALIST_UNZIP_MAX_RATIO": 200.0}
 # `source: demo` competitions → the module of medalist.demos that writes their files
-DEMOS = {"demo": "text", "demo-images": "images"}
+DEMOS = {"demo": "text", "demo-images": "images", "demo-products": "products"}
 
 
 def run(comp: Competition, comp_dir: Path | None = None, comp_zip: Path | None = None, backoff_base: float = 2.0) -> Path:

@@ -210,6 +210,38 @@ def _ensemble(page: Page, paths: Paths, metric: str) -> dict | None:
     return m
 
 
+MODALITY_GROUPS = (("text only", {"text"}), ("image only", {"image"}), ("fused", {"text", "image"}))
+
+
+def _modalities(page: Page, paths: Paths, runs, metrics, ens, train: pd.DataFrame, labels, metric: str) -> None:
+    """A competition with several inputs: the best run per modality (by OOF), the ensemble, and
+    per-class F1 side by side, so a user sees what each modality buys (also on rows without an image)."""
+    from medalist.core.metrics import score
+    from sklearn.metrics import f1_score
+
+    best = {}
+    for name, kinds in MODALITY_GROUPS:
+        mine = [r for r in runs if set(metrics[r].get("inputs", ["text"])) == kinds]
+        if mine:
+            best[name] = sorted(mine, key=lambda r: metrics[r]["oof_score"], reverse=higher_is_better(metric))[0]
+    cols = {f"{g} ({r})": align(read_run(paths.run(r))[0], train["id"]) for g, r in best.items()}
+    if ens is not None:
+        cols["ensemble"] = align(read_run(paths.results / "ensemble")[0], train["id"])
+    if not cols:
+        return
+    y = train["label"].to_numpy()
+    photo = train["image"].fillna("").astype(str).ne("").to_numpy() if "image" in train.columns else np.ones(len(y), bool)
+    page.heading("By modality (out-of-fold)")
+    rows = [[c, _f(score(metric, y, p)), _f(score(metric, y[photo], p[photo])) if photo.any() else "–",
+             _f(score(metric, y[~photo], p[~photo])) if (~photo).any() else "–"] for c, p in cols.items()]
+    page.table(Table(["best run of each kind", f"OOF {metric}", f"rows with an image ({int(photo.sum())})",
+                      f"rows without one ({int((~photo).sum())})"], rows))
+    per_class = {c: f1_score(y, p.argmax(1), labels=range(len(labels)), average=None, zero_division=0)
+                 for c, p in cols.items()}
+    page.table(Table(["class", *(f"F1 {c}" for c in cols)],
+                     [[lab, *(_f(per_class[c][k], ".3f") for c in cols)] for k, lab in enumerate(labels)]))
+
+
 def _post(post: dict) -> str:
     if "multipliers" in post:
         return "argmax after per-class multipliers " + ", ".join(f"{x:.2f}" for x in post["multipliers"])
@@ -361,6 +393,8 @@ def run(comp_name: str, runs: list[str]) -> Path:
     metrics = _runs(page, paths, runs, comp.metric)
     _curves(page, paths, runs, comp.metric)
     ens = _ensemble(page, paths, comp.metric)
+    if len(comp.inputs.kinds) > 1:
+        _modalities(page, paths, runs, metrics, ens, train, labels, comp.metric)
     name, proba = _best_predictions(paths, runs, metrics, ens, comp.metric, train)
     _confusion(page, paths, name, proba, train["label"].to_numpy(), labels)
     _mistakes(page, name, proba, train, labels)

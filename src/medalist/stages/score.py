@@ -70,7 +70,7 @@ def run(comp: Competition, file: Path, answers: Path) -> dict[str, float]:
     else:
         pred = _as_index(comp, sub[s.label_column], "FILE")
         out = {}
-    for m in ("micro_f1", "macro_f1", "accuracy"):
+    for m in ("micro_f1", "macro_f1", "weighted_f1", "accuracy"):
         out.setdefault(m, score_labels(m, y, pred))
     return out
 
