@@ -98,3 +98,36 @@ def test_fusion_beats_each_modality_and_its_gain_comes_from_the_pictures(project
     assert fused > max(text, image) + 0.1, (text, image, fused)
     blank = _cv(fusion_embed, fused_cfg, rows.assign(image=""), y, tmp_path / "blank")
     assert abs(blank - text) < 0.06 and blank < fused - 0.1, (text, blank, fused)
+
+
+def test_train_and_tta_of_text_image_runs(project, tmp_path):
+    """A fused run trains on a text+image competition through `make train`'s stage; its TTA views
+    are image views (the text stays); a family that predicts no views keeps its plain predictions."""
+    import json
+
+    import yaml
+
+    from medalist.stages import train, tta
+    from test_families import tiny_config
+    from tiny_text import build_tiny_models
+
+    cfg_path = project / "configs" / "competitions" / "demo-products.yaml"
+    cfg_path.write_text(cfg_path.read_text().replace("folds: {n: 5, seed: 42}", "folds: {n: 2, seed: 42}"))
+    comp, _ = _small_demo(160, 30)
+    assert comp.folds.n == 2
+    folds_stage.run(comp)
+    (tmp_path / "tiny").mkdir()
+    models = build_tiny_models(tmp_path / "tiny")
+    for name in ("fusion", "fusion_embed"):
+        (project / "configs" / "models" / f"tiny-{name}.yaml").write_text(
+            yaml.safe_dump(tiny_config(name, models) | {"seed": 0}))
+    run_dir = train.run(comp.name, "tiny-fusion")
+    m = json.loads((run_dir / "metrics.json").read_text())
+    assert m["inputs"] == ["text", "image"]
+    t = json.loads((tta.run(comp.name, "tiny-fusion") / "metrics.json").read_text())
+    assert t["views"][:2] == ["original", "hflip"] and "crop_centre" in t["views"]
+    assert len(pd.read_csv(run_dir / "tta" / "test.csv")) == 30
+
+    train.run(comp.name, "tiny-fusion_embed")
+    t = json.loads((tta.run(comp.name, "tiny-fusion_embed") / "metrics.json").read_text())
+    assert t["use_tta"] is False and t["views"] == ["original"]

@@ -8,7 +8,8 @@ Run     python -m medalist.stages.tta --comp demo --run tfidf
 Views per text: the original; for models with a max length, head-only and tail-only
 truncation and a sliding-window mean of texts longer than it (counted with the run's tokenizer,
 or in words when none can be loaded); k nlpaug views with math spans protected. Views per image
-(a run whose inputs are [image]): the original and a fixed set from tta.yaml's `image:` —
+(a run that reads images, alone or beside text — the text stays as it is; rows without an image
+keep their prediction): the original and a fixed set from tta.yaml's `image:` —
 horizontal flip, vertical flip where listed, centre and corner crops, a larger scale — never a
 search over subsets. Validation rows are predicted with their own fold's weights, test rows with
 every fold's (mean). The TTA mean is used only where it raises the run's OOF score (images: by at
@@ -306,7 +307,8 @@ def run(comp_name: str, run: str) -> Path:
     K = comp.n_classes
     n_folds = int(fold.max()) + 1
     t0 = time.time()
-    if tuple(model.inputs) == ("image",):
+    reads_images = "image" in model.inputs
+    if reads_images:
         names, oof_views, test_views, extra = _image_views(run_dir, run, cfg.image, paths, train, test, fold,
                                                            plain_oof, plain_test, K)
     else:
@@ -318,7 +320,7 @@ def run(comp_name: str, run: str) -> Path:
     plain_score = score(comp.metric, y, plain_oof)
     tta_score = score(comp.metric, y, tta_oof)
     gain = tta_score - plain_score
-    margin = abs(gain) >= cfg.image.min_gain if tuple(model.inputs) == ("image",) else abs(gain) > cfg.min_gain
+    margin = abs(gain) >= cfg.image.min_gain if reads_images else abs(gain) > cfg.min_gain
     use = bool(names) and better(comp.metric, tta_score, plain_score) and margin
     if not use:
         tta_oof, tta_test = plain_oof, plain_test
