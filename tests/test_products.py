@@ -131,3 +131,29 @@ def test_train_and_tta_of_text_image_runs(project, tmp_path):
     train.run(comp.name, "tiny-fusion_embed")
     t = json.loads((tta.run(comp.name, "tiny-fusion_embed") / "metrics.json").read_text())
     assert t["use_tta"] is False and t["views"] == ["original"]
+
+
+@pytest.fixture(scope="module")
+def tiny_bert(tmp_path_factory):
+    from tiny_text import build_tiny_models
+
+    return build_tiny_models(tmp_path_factory.mktemp("tiny"))["bert"]
+
+
+def test_text_embeddings_are_computed_once_per_competition(tmp_path, tiny_bert):
+    """embed and fusion-embed share one on-disk cache of text embeddings: a fresh process (here:
+    emptied memory caches) reads them back without loading the encoder."""
+    cfg = C.from_dict(embed_lr.Config, {"family": "embed_lr", "backbone": str(tiny_bert), "max_length": 16},
+                      "embed.yaml")
+    texts = ["a striped mug", "a dotted rug", "a plate"]
+    first = embed_lr.embed(cfg, texts, tmp_path)
+    (saved,) = (tmp_path / "features").glob("text-*.npz")
+    embed_lr._CACHE.clear()
+    embed_lr._ENCODERS.clear()
+    again = embed_lr.embed(cfg, texts[::-1], tmp_path)
+    np.testing.assert_allclose(again, first[::-1], atol=1e-6)
+    assert not embed_lr._ENCODERS  # read back, the encoder never loaded
+    embed_lr.embed(cfg, [*texts, "a new cushion"], tmp_path)
+    assert len(embed_lr._ENCODERS) == 1  # only the new text needed it
+    with np.load(saved) as z:
+        assert len(z["keys"]) == 4

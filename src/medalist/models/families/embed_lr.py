@@ -1,7 +1,10 @@
 """Frozen sentence embeddings (mean-pooled MiniLM by default) + logistic regression.
 
-A cheap, diverse ensemble member on a CPU: the encoder runs once per distinct text (cached for
-the whole k-fold run), only the logistic regression is fitted per fold.
+A cheap, diverse ensemble member on a CPU: the encoder runs once per distinct text, only the
+logistic regression is fitted per fold. Embeddings are kept in memory for the process and, in a
+competition, on disk (data/processed/<comp>/features/text-<backbone>-<max_length>.npz, keyed by a
+hash of each text), so every fold and every run with the same encoder (embed, fusion-embed, a
+GEN variant that adds only new texts) embeds each text once.
 Fold weights: fold<k>/model.joblib (the fitted LogisticRegression and the backbone name).
 """
 from __future__ import annotations
@@ -49,9 +52,52 @@ def _encoder(backbone: str):
     return _ENCODERS[backbone]
 
 
-def embed(cfg: Config, texts: list[str]) -> np.ndarray:
-    """L2-normalised mean-pooled embeddings, computed in length-sorted batches, cached by text."""
-    keys = [hashlib.sha1(f"{cfg.backbone}\0{cfg.max_length}\0{t}".encode()).hexdigest() for t in texts]
+_IDENTITY: dict[str, str] = {}
+
+
+def _identity(backbone: str) -> str:
+    """The name and, for a local folder, its files' names, sizes and times: new weights under the
+    same name are another encoder (its embeddings are never reused)."""
+    if backbone not in _IDENTITY:
+        where = Path(resolve_backbone(backbone))
+        files = sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in where.iterdir() if p.is_file()) \
+            if where.is_dir() else []
+        _IDENTITY[backbone] = hashlib.sha1(repr((backbone, files)).encode()).hexdigest()
+    return _IDENTITY[backbone]
+
+
+def _disk(cfg: Config, data_dir: Path | None) -> Path | None:
+    if data_dir is None:
+        return None
+    name = "".join(c if c.isalnum() or c in "._-" else "_" for c in f"{cfg.backbone}-{cfg.max_length}")
+    return Path(data_dir) / "features" / f"text-{name[-120:]}.npz"
+
+
+def _load_disk(path: Path | None) -> None:
+    if path is not None and path.exists():
+        with np.load(path) as z:
+            _CACHE.update({k: v for k, v in zip(z["keys"].tolist(), z["vectors"]) if k not in _CACHE})
+
+
+def _save_disk(path: Path, keys: list[str]) -> None:
+    """Add these texts' embeddings to the file (what another run wrote meanwhile is kept)."""
+    _load_disk(path)
+    have = [k for k in dict.fromkeys(keys) if k in _CACHE]
+    if path.exists():
+        with np.load(path) as z:
+            have = list(dict.fromkeys([*z["keys"].tolist(), *have]))
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, keys=np.array(have), vectors=np.stack([_CACHE[k] for k in have]))
+
+
+def embed(cfg: Config, texts: list[str], data_dir: Path | None = None) -> np.ndarray:
+    """L2-normalised mean-pooled embeddings, computed in length-sorted batches, cached by text
+    (in memory; and on disk under data_dir/features/ when the competition's folder is given)."""
+    who = _identity(cfg.backbone)
+    keys = [hashlib.sha1(f"{who}\0{cfg.max_length}\0{t}".encode()).hexdigest() for t in texts]
+    disk = _disk(cfg, data_dir)
+    if any(k not in _CACHE for k in keys):
+        _load_disk(disk)
     todo = sorted({k: t for k, t in zip(keys, texts) if k not in _CACHE}.items(), key=lambda kv: len(kv[1]))
     if todo:
         from tqdm.auto import tqdm
@@ -71,6 +117,8 @@ def embed(cfg: Config, texts: list[str]) -> np.ndarray:
                 for (k, _), v in zip(chunk, vec):
                     _CACHE[k] = v
                 bar.update(len(chunk))
+        if disk is not None:
+            _save_disk(disk, keys)
     return np.stack([_CACHE[k] for k in keys])
 
 
@@ -82,15 +130,15 @@ def _proba(clf: LogisticRegression, X: np.ndarray, n_classes: int) -> np.ndarray
 
 def fit_fold(cfg: Config, fold: FoldData, out_dir: Path) -> FoldResult:
     t0 = time.time()
-    X = embed(cfg, texts(fold.train))
+    X = embed(cfg, texts(fold.train), fold.data_dir)
     clf = LogisticRegression(C=cfg.C, max_iter=cfg.max_iter, class_weight=cfg.class_weight, random_state=cfg.seed)
     clf.fit(X, fold.train_labels)
     with atomic_path(Path(out_dir) / "model.joblib") as tmp:
         joblib.dump({"clf": clf, "backbone": cfg.backbone}, tmp)
     fit_s = time.time() - t0
     t1 = time.time()
-    val = _proba(clf, embed(cfg, texts(fold.val)), fold.n_classes)
-    test = _proba(clf, embed(cfg, texts(fold.test)), fold.n_classes)
+    val = _proba(clf, embed(cfg, texts(fold.val), fold.data_dir), fold.n_classes)
+    test = _proba(clf, embed(cfg, texts(fold.test), fold.data_dir), fold.n_classes)
     return FoldResult(val, test, {"fit_seconds": fit_s, "predict_seconds": time.time() - t1,
                                   "train_samples_per_s": len(fold.train) / max(fit_s, 1e-9)})
 

@@ -69,7 +69,7 @@ def _image_cfg(cfg: Config) -> image_embed.Config:
 
 def blocks(cfg: Config, rows, data_dir: Path | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(text embeddings, image features, has-photo mask) of some rows."""
-    T = embed_lr.embed(_text_cfg(cfg), texts(rows))
+    T = embed_lr.embed(_text_cfg(cfg), texts(rows), data_dir)
     X, ok = features(image_embed.extractor(_image_cfg(cfg)), rows["image"].fillna("").astype(str).tolist(), data_dir)
     return T, np.asarray(X), np.asarray(ok, dtype=bool)
 
