@@ -69,68 +69,36 @@ def test_a_named_photo_that_is_not_there_is_read_as_no_photo_unless_none_is(proj
         read_raw(comp, raw)
 
 
-def _cv(family, cfg, rows: pd.DataFrame, y: np.ndarray, tmp, k: int = 3) -> float:
+def _cv(family, cfg, rows: pd.DataFrame, y: np.ndarray, tmp, data_dir, k: int = 3) -> float:
     fold_of = np.arange(len(rows)) % k
     oof = np.zeros((len(rows), len(LABELS)))
     for f in range(k):
         tr, va = fold_of != f, fold_of == f
         fold = FoldData(fold=f, n_classes=len(LABELS), train=rows[tr].reset_index(drop=True), train_labels=y[tr],
-                        val=rows[va].reset_index(drop=True), val_labels=y[va], test=rows[va].iloc[:2], metric="accuracy")
+                        val=rows[va].reset_index(drop=True), val_labels=y[va], test=rows[va].iloc[:2],
+                        metric="accuracy", data_dir=data_dir)
         oof[va] = family.fit_fold(cfg, fold, tmp / f"{family.__name__}{f}").val_proba
     return score("accuracy", y, oof)
 
 
 def test_fusion_beats_each_modality_and_its_gain_comes_from_the_pictures(project, tmp_path):
-    comp, raw = _small_demo(600, 20)
-    train, _, _ = read_raw(comp, raw)
-    rows = train.assign(image=[(raw / p).as_posix() if p else "" for p in train["image"]],
-                        text=train["text"].astype(str))
-    y = train["label"].to_numpy()
+    comp, _ = _small_demo(600, 20)
+    folds_stage.run(comp)  # the processed tables: features are computed once per image, for every fold
+    rows, _ = read_processed(Paths(comp.name))
+    data_dir = Paths(comp.name).processed
+    y = rows["label"].to_numpy()
     common = {"max_length": 64, "batch_size": 64, "seed": 0}
     text_cfg = C.from_dict(embed_lr.Config, {"family": "embed_lr", "backbone": "minilm", **common}, "embed.yaml")
     image_cfg = C.from_dict(image_embed.Config, {"family": "image_embed", "image_size": 64, "batch_size": 64},
                             "image-embed.yaml")
     fused_cfg = C.from_dict(fusion_embed.Config, {"family": "fusion_embed", "image_size": 64, **common},
                             "fusion-embed.yaml")
-    text = _cv(embed_lr, text_cfg, rows, y, tmp_path)
-    image = _cv(image_embed, image_cfg, rows, y, tmp_path)
-    fused = _cv(fusion_embed, fused_cfg, rows, y, tmp_path)
+    text = _cv(embed_lr, text_cfg, rows, y, tmp_path, data_dir)
+    image = _cv(image_embed, image_cfg, rows, y, tmp_path, data_dir)
+    fused = _cv(fusion_embed, fused_cfg, rows, y, tmp_path, data_dir)
     assert fused > max(text, image) + 0.1, (text, image, fused)
-    blank = _cv(fusion_embed, fused_cfg, rows.assign(image=""), y, tmp_path / "blank")
+    blank = _cv(fusion_embed, fused_cfg, rows.assign(image=""), y, tmp_path / "blank", data_dir)
     assert abs(blank - text) < 0.06 and blank < fused - 0.1, (text, blank, fused)
-
-
-def test_train_and_tta_of_text_image_runs(project, tmp_path):
-    """A fused run trains on a text+image competition through `make train`'s stage; its TTA views
-    are image views (the text stays); a family that predicts no views keeps its plain predictions."""
-    import json
-
-    import yaml
-
-    from medalist.stages import train, tta
-    from test_families import tiny_config
-    from tiny_text import build_tiny_models
-
-    cfg_path = project / "configs" / "competitions" / "demo-products.yaml"
-    cfg_path.write_text(cfg_path.read_text().replace("folds: {n: 5, seed: 42}", "folds: {n: 2, seed: 42}"))
-    comp, _ = _small_demo(160, 30)
-    assert comp.folds.n == 2
-    folds_stage.run(comp)
-    (tmp_path / "tiny").mkdir()
-    models = build_tiny_models(tmp_path / "tiny")
-    for name in ("fusion", "fusion_embed"):
-        (project / "configs" / "models" / f"tiny-{name}.yaml").write_text(
-            yaml.safe_dump(tiny_config(name, models) | {"seed": 0}))
-    run_dir = train.run(comp.name, "tiny-fusion")
-    m = json.loads((run_dir / "metrics.json").read_text())
-    assert m["inputs"] == ["text", "image"]
-    t = json.loads((tta.run(comp.name, "tiny-fusion") / "metrics.json").read_text())
-    assert t["views"][:2] == ["original", "hflip"] and "crop_centre" in t["views"]
-    assert len(pd.read_csv(run_dir / "tta" / "test.csv")) == 30
-
-    train.run(comp.name, "tiny-fusion_embed")
-    t = json.loads((tta.run(comp.name, "tiny-fusion_embed") / "metrics.json").read_text())
-    assert t["use_tta"] is False and t["views"] == ["original"]
 
 
 @pytest.fixture(scope="module")
