@@ -155,3 +155,13 @@ def test_checks_markdown_becomes_elements(project):
     assert "<ul><li>note &lt;one&gt;</li><li>note two</li></ul>" in body
     assert "pic" not in body
     assert page.md[1].startswith("| a | b \\| c |")
+
+
+def test_a_label_with_a_bar_or_newline_keeps_the_checks_table_whole(project):
+    from medalist.stages.report_html import Page
+
+    md = checks_stage._table(["label", "rows"], [["algebra | geometry", 3], ["two\nlines", 4]])
+    assert md.splitlines()[2] == "| algebra \\| geometry | 3 |" and md.splitlines()[3] == "| two lines | 4 |"
+    page = Page(project)
+    page.markdown("## Classes\n\n" + md + "\n")
+    assert "<td>algebra | geometry</td>" in "\n".join(page.html)
