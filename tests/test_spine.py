@@ -335,3 +335,25 @@ def test_use_gen_trains_on_generated_rows_of_each_fold_only(demo_raw):
     assert metrics["n_generated"] == [{"aug:swap": 8}] * 5
     oof = pd.read_csv(with_gen / "oof.csv", dtype={"id": str})
     assert not oof["id"].str.startswith("aug-").any() and len(oof) == len(train)
+
+
+def test_new_processed_data_retrains_finished_folds(project, capsys):
+    """A fold finished on the old processed tables is not reused after `make folds` changes them."""
+    from medalist.core.competition import load_competition
+    from medalist.stages import download, folds, train
+
+    comp = load_competition("demo")
+    download.run(comp)
+    folds.run(comp)
+    processed = Paths("demo").processed / "train.csv"
+    pd.read_csv(processed).groupby("fold").head(60).to_csv(processed, index=False)  # small: quick folds
+    (project / "configs" / "models" / "quick.yaml").write_text("family: tfidf\nchar_ngrams: [3, 3]\nC: 1.0\n")
+    train.run("demo", "quick")
+    capsys.readouterr()
+    train.run("demo", "quick")
+    assert capsys.readouterr().out.count("done, skipped") == comp.folds.n
+    df = pd.read_csv(processed)
+    df.loc[0, "text"] = df.loc[0, "text"] + " (edited)"
+    df.to_csv(processed, index=False)
+    train.run("demo", "quick")
+    assert "done, skipped" not in capsys.readouterr().out

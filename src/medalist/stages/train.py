@@ -12,8 +12,8 @@ Run     python -m medalist.stages.train --comp demo --model tfidf
 Each fold hands the family rows (FoldData): id plus the processed columns the model config's
 `inputs` names (default [text]), which the competition must declare; metrics.json records them.
 A killed run restarts at the first unfinished fold; a fold whose done.json carries another
-config hash is retrained (the hash covers the generated rows chosen and a pretrained backbone's
-key). A --folds subset trains and scores those folds only and leaves the run unfinished, so a
+config hash is retrained (the hash covers the processed tables, the generated rows chosen and a
+pretrained backbone's key). A --folds subset trains and scores those folds only and leaves the run unfinished, so a
 later full run reuses them.
 """
 from __future__ import annotations
@@ -69,7 +69,10 @@ def run(comp_name: str, model: str, use_gen: bool = False, folds: list[int] | No
     cols = ["id", *_inputs(comp, model, cfg, train, with_gen)]
     gen = generated.read_train_rows(paths, generated.SOURCES if use_gen else gen_sources) if with_gen else None
 
-    resolved = {"run": name, "competition": comp.name, "use_gen": use_gen, "model": C.to_dict(cfg)}
+    resolved = {"run": name, "competition": comp.name, "use_gen": use_gen, "model": C.to_dict(cfg),
+                # new processed tables (other data, cleaning or folds) retrain every fold: a finished
+                # fold of the old data is not a fold of the new
+                "data_digest": _digest(paths.processed / "train.csv", paths.processed / "test.csv")}
     if gen is not None:  # new generated rows retrain the folds; unchanged ones keep them
         resolved["generated"] = {"sources": sorted(set(generated.kind(gen["source"]))), "rows": len(gen),
                                  "digest": generated.digest(gen)}
@@ -137,6 +140,15 @@ def run(comp_name: str, model: str, use_gen: bool = False, folds: list[int] | No
             else:
                 print(f"[{name}] {len(finished)}/{n_folds} folds done; run `make train` without FOLDS to finish")
     return run_dir
+
+
+def _digest(*files: Path) -> str:
+    h = hashlib.sha256()
+    for f in files:
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()[:16]
 
 
 def _inputs(comp, model: str, cfg, train: pd.DataFrame, with_gen: bool) -> tuple[str, ...]:
