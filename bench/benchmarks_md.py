@@ -1,6 +1,7 @@
 """BENCHMARKS.md from bench/results.json: machine, commands, goals met or not, and a table per part."""
 from __future__ import annotations
 
+import images
 from quality import REFERENCE_TFIDF
 
 
@@ -24,6 +25,14 @@ def goals(res: dict) -> list[str]:
          f"ensemble test micro-F1 ≥ TF-IDF + 0.06 ({fmt(ens)} vs {fmt(tf)} + 0.06; SOURCE.md: {REFERENCE_TFIDF})")
     line(None if ens is None or best is None else ens > best,
          f"ensemble above every single run ({fmt(ens)} vs best single {fmt(best)}, {q.get('best_single_run')})")
+    mac = q.get("ensemble_test_macro_f1")
+    line(None if ens is None or mac is None else ens >= 0.80 and mac >= 0.80,
+         f"ensemble test micro-F1 and macro-F1 ≥ 0.80 ({fmt(ens)} / {fmt(mac)})")
+    nn, ref = q.get("best_neural_test_micro_f1"), (q.get("references") or {}).get("HF Trainer (bench/trainer_baseline.py)")
+    nn_s, ref_s = q.get("best_neural_train_seconds"), (ref or {}).get("train_seconds")
+    line(None if nn is None or ref is None else nn >= ref["test"]["micro_f1"] and (nn_s or 0) <= (ref_s or 0),
+         f"best fine-tuned transformer ≥ the plain Trainer at no more training time ({q.get('best_neural_run')}: "
+         f"{fmt(nn)} in {fmt(nn_s, 0)} s vs {fmt((ref or {}).get('test', {}).get('micro_f1'))} in {fmt(ref_s, 0)} s)")
     tr, rr = s.get("train_samples_per_s") or {}, s.get("infer_texts_per_s") or {}
     mm = (q.get("runs") or {}).get(res.get("model", ""), {}).get("test", {}).get("micro_f1")
     tq = q.get("trainer_test_micro_f1")
@@ -33,7 +42,36 @@ def goals(res: dict) -> list[str]:
     line(None if rr.get("ratio") is None else rr["ratio"] >= 2, f"inference ≥ 2× ({fmt(rr.get('ratio'), 2)}×)")
     line(None if not s.get("wall_seconds") else s["wall_seconds"] < 900,
          f"speed part under 15 minutes ({fmt(s.get('wall_seconds', 0) / 60 if s.get('wall_seconds') else None, 1)} min)")
-    return out
+    return out + images.goals(res.get("images") or {})
+
+
+def ablation_lines(abl: dict | None, q: dict) -> list[str]:
+    """The quality part's table of each technique alone and the ensemble of all of them."""
+    if not abl:
+        return []
+    L = ["### Each technique alone", "",
+         ("What each technique costs and buys on its own. A neural technique too slow for all folds on "
+          "this CPU is trained on one fold (`make train … FOLDS=0`, sometimes under a `max_train_rows` cap): its "
+          "test score is that fold's model alone and its OOF column that fold's validation score; "
+          "\"measured on\" says which."), "",
+         "| technique | run | measured on | test micro-F1 | test macro-F1 | OOF | train s |", "|---|---|---|---|---|---|---|"]
+    for what, e in abl["rows"].items():
+        if not e.get("measured"):
+            L.append(f"| {what} | {e['run']} | not measured (`{e['how']}`) | — | — | — | — |")
+            continue
+        L.append(f"| {what} | {e['run']} | {e['measured_on']} | {fmt(e['test']['micro_f1'])} | "
+                 f"{fmt(e['test']['macro_f1'])} | {fmt(e['oof_score'])} | {fmt(e['train_seconds'], 1)} |")
+    ens = abl.get("ensemble")
+    if ens:
+        L.append(f"| **ensemble of all of them** ({ens['method']}) | {' '.join(ens['runs'])} | the runs on all folds | "
+                 f"{fmt(ens['test']['micro_f1'])} | {fmt(ens['test']['macro_f1'])} | {fmt(ens['oof_score'])} | "
+                 f"{fmt(ens['train_seconds'], 1)} + {fmt(ens['seconds'], 1)} |")
+    if q.get("best_neural_run"):
+        L += ["", (f"Best fine-tuned transformer: {q['best_neural_run']}, test micro-F1 "
+                   f"{fmt(q.get('best_neural_test_micro_f1'))} after {fmt(q.get('best_neural_train_seconds'), 0)} s of "
+                   f"training ({q.get('best_neural_measured_on') or 'all folds'}); the plain Trainer reference: "
+                   f"{fmt(q.get('trainer_test_micro_f1'))}.")]
+    return L + [""]
 
 
 def stamp_lines(res: dict) -> list[str]:
@@ -50,12 +88,14 @@ def render(res: dict) -> str:
     m, q, s, g = res["machine"], res.get("quality") or {}, res.get("speed") or {}, res.get("growth") or {}
     gpu = bool(m.get("gpu"))
     L = ["# Benchmarks", "",
-         f"`make bench` on **{res['comp']}** (answers: `{res['answers']}`), git `{res['git_sha']}`, {res['date']}.", "",
+         f"`make bench` on **{res.get('comp')}** (answers: `{res.get('answers')}`), git `{res['git_sha']}`, {res['date']}.", "",
          "## Machine", "",
          f"- CPU: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB; GPU: {m['gpu'] or 'none'}; {m['os']}",
          "- " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()), "",
          *stamp_lines(res),
-         "## Commands", "", "```bash", *res["commands"], "```", "", "## Goals", "", *goals(res), ""]
+         "## Commands", "", "```bash", *res.get("commands", []),
+         *([res["images"]["bench_command"]] if (res.get("images") or {}).get("bench_command") else []),
+         "```", "", "## Goals", "", *goals(res), ""]
     if q:
         L += ["## Quality (test set, scored against the answers)", "",
               "| what | test micro-F1 | test macro-F1 | OOF | train s | predict s |", "|---|---|---|---|---|---|"]
@@ -77,6 +117,7 @@ def render(res: dict) -> str:
               f"trains them (on this CPU: {fmt(sum((e.get('train_seconds') or 0) for e in q['runs'].values()) / 3600, 2)} h "
               f"of training for the runs above), a rerun reuses them. The HF Trainer reference is one model "
               f"on all of train.csv (no folds), cached under results/{res['comp']}/bench/."), ""]
+        L += ablation_lines(q.get("ablations"), q)
     if s:
         tr, inf, tok = s["train_samples_per_s"], s["infer_texts_per_s"], s["tokenize_seconds"]
         L += ["## Speed (A/B, same backbone, same rows)", "",
@@ -112,6 +153,7 @@ def render(res: dict) -> str:
                      f"{r['n_test']} | {fmt(r['tfidf_predict_seconds'], 2)} | {fmt(r.get('medalist_predict_seconds'), 1)} | "
                      f"{fmt(r.get('trainer_predict_seconds'), 1)} |")
         L.append("")
+    L += images.render(res.get("images") or {})
     gpu_check = res.get("gpu_check")
     if gpu_check:
         L += gpu_section(gpu_check)

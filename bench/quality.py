@@ -1,14 +1,20 @@
 """`make bench`, part quality: test micro/macro-F1 of every finished run (plain, TTA, +gen) and of
 the ensembles with and without TTA and USE_GEN, next to the references (majority class,
 bench/tfidf_baseline.py, bench/trainer_baseline.py), scored against the competition's answers.
+Ablations: each technique of ABLATIONS alone (its run in results/<comp>/, finished on every fold
+or on some folds only, `make train … FOLDS=0`) with its training seconds, and the ensemble of all
+of them that finished on every fold.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import yaml
 
 from medalist.core import config as C
 from medalist.core.io import probs_of, read_json, write_json
@@ -16,6 +22,21 @@ from medalist.core.metrics import score_labels
 from processes import BENCH, REPO, child_env, digest, run_child
 
 REFERENCE_TFIDF = 0.762  # SOURCE.md's figure for the plain TF-IDF reference on math-subjects
+NEURAL = ("encoder", "decoder_lora")  # the fine-tuned transformer families (best_neural_test_micro_f1)
+# Issue #12's techniques, each alone: (what, the run that measures it, how to make it). A run
+# finished on every fold is read from its metrics.json; one trained on some folds only from
+# those folds (the table says which, and any max_train_rows cap).
+ABLATIONS = (
+    ("TF-IDF + logistic regression", "tfidf", "make train MODELS=tfidf"),
+    ("cheap member: TF-IDF + linear SVM", "tfidf-svm", "make train MODELS=tfidf-svm"),
+    ("cheap member: NB-SVM", "tfidf-nbsvm", "make train MODELS=tfidf-nbsvm"),
+    ("cheap member: TF-IDF + SGD", "tfidf-sgd", "make train MODELS=tfidf-sgd"),
+    ("pseudo-labels (teacher tfidf-sgd)", "tfidf-sgd+pseudo",
+     "make pseudo RUN=tfidf-sgd && make train MODELS=tfidf-sgd GEN=pseudo"),
+    ("MiniLM fine-tune (CPU defaults)", "minilm", "make train MODELS=minilm FOLDS=0"),
+    ("seed averaging (minilm, 3 seeds)", "minilm-3seeds", "make train MODELS=minilm-3seeds FOLDS=0"),
+    ("in-domain pretraining (minilm-dapt)", "minilm-dapt", "make pretrain MODEL=minilm && make train MODELS=minilm-dapt FOLDS=0"),
+)
 
 
 class Answers:
@@ -55,6 +76,82 @@ def run_entry(answers: Answers, d: Path) -> dict:
     if "gain" in m:
         entry["oof_gain"], entry["used"] = m["gain"], m.get("use_tta")
     return entry
+
+
+def run_config(d: Path) -> dict:
+    """The run's resolved config.yaml (written by every `make train`), {} when absent."""
+    f = d / "config.yaml"
+    return (yaml.safe_load(f.read_text()) or {}) if f.exists() else {}
+
+
+def fold_entry(answers: Answers, d: Path, n_folds: int) -> dict | None:
+    """A run trained on some folds only: the folds finished under its current config.yaml (the
+    hash train.py stamps into done.json), their validation score (mean), their mean test
+    probabilities scored, their seconds. None when no fold is finished."""
+    resolved = run_config(d)
+    key = hashlib.sha256(json.dumps(resolved, sort_keys=True).encode()).hexdigest()[:16]
+    dones = [read_json(f) for f in sorted(d.glob("fold*/done.json"))]
+    dones = [m for m in dones if m.get("config_hash") == key and (d / f"fold{m['fold']}" / "test.csv").exists()]
+    if not resolved or not dones:
+        return None
+    tests = [pd.read_csv(d / f"fold{m['fold']}" / "test.csv", dtype={"id": str}).set_index("id") for m in dones]
+    ids = tests[0].index
+    proba = np.mean([probs_of(t.loc[ids]) for t in tests], axis=0)
+    folds = sorted(m["fold"] for m in dones)
+    return {"test": answers.score_pred(ids, proba.argmax(axis=1)),
+            "oof_score": float(np.mean([m["score"] for m in dones])),
+            "train_seconds": float(sum(m["seconds"] for m in dones)),
+            "predict_seconds": float(sum(m["info"].get("predict_seconds", 0.0) for m in dones)),
+            "peak_rss_mb": max(m.get("peak_rss_mb") or 0.0 for m in dones),
+            "folds": folds, "n_train": [m.get("n_train") for m in dones],
+            "measured_on": (f"fold{'s' if len(folds) > 1 else ''} {','.join(map(str, folds))} of {n_folds}, "
+                            f"{'/'.join(str(m.get('n_train')) for m in dones)} train rows"
+                            f"{' (max_train_rows cap)' if (resolved.get('model') or {}).get('max_train_rows') else ''}")}
+
+
+def measured_on(entry: dict, resolved: dict, n_folds: int) -> str:
+    if "measured_on" in entry:
+        return entry["measured_on"]
+    cap = (resolved.get("model") or {}).get("max_train_rows")
+    return f"all {n_folds} folds" + (f", at most {cap} train rows a fold" if cap else "")
+
+
+def ablations(answers: Answers, comp, work: Path) -> dict:
+    """One row per technique of ABLATIONS (None where its run is not there: the command makes it),
+    and the ensemble of those finished on every fold (medalist.stages.ensemble, no TTA)."""
+    res = C.root() / "results" / comp.name
+    n_folds = comp.folds.n
+    rows, full = {}, []
+    for what, run, how in ABLATIONS:
+        d = res / run
+        entry = run_entry(answers, d) if (d / "metrics.json").exists() else fold_entry(answers, d, n_folds)
+        if entry is None:
+            rows[what] = {"run": run, "measured": False, "how": f"{how} COMP={comp.name}"}
+            continue
+        resolved = run_config(d)
+        entry.update(run=run, measured=True, family=(resolved.get("model") or {}).get("family"),
+                     measured_on=measured_on(entry, resolved, n_folds))
+        rows[what] = entry
+        if "folds" not in entry:
+            full.append(run)
+    ens = None
+    sub = ensemble_variant(comp, full, False, work) if len(full) > 1 else None
+    if sub is not None and sub.exists():
+        scratch = sub.parents[2]
+        m = read_json(scratch / "results" / comp.name / "ensemble" / "metrics.json")
+        ens = {"runs": full, "test": answers.score_submission(sub), "oof_score": m["oof_score"], "method": m["method"],
+               "seconds": read_json(scratch / "process.json")["wall_seconds"],
+               "train_seconds": sum(e["train_seconds"] or 0.0 for e in rows.values() if e.get("run") in full)}
+    return {"rows": rows, "ensemble": ens}
+
+
+def best_neural(runs: dict, ablation_rows: dict, res: Path) -> tuple[str | None, dict | None]:
+    """The best fine-tuned transformer run by test micro-F1, among the finished runs and the ablations."""
+    cands = [(n, e) for n, e in runs.items() if (run_config(res / n).get("model") or {}).get("family") in NEURAL]
+    cands += [(e["run"], e) for e in ablation_rows.values() if e.get("measured") and e.get("family") in NEURAL]
+    if not cands:
+        return None, None
+    return max(cands, key=lambda t: t[1]["test"]["micro_f1"])
 
 
 def ensemble_variant(comp, runs: list[str], tta: bool, work: Path) -> Path | None:
@@ -142,9 +239,16 @@ def part_quality(args, comp, data: dict, work: Path) -> dict:
               [(n + " + TTA", e["tta"]["test"]["micro_f1"]) for n, e in runs.items() if "tta" in e]
     main_ens = ensembles.get("plain + TTA") or ensembles.get("plain")
     trainer = refs.get("HF Trainer (bench/trainer_baseline.py)")
+    abl = ablations(answers, comp, work)
+    neural_run, neural = best_neural(runs, abl["rows"], res)
     return {
-        "runs": runs, "ensembles": ensembles, "references": refs,
+        "runs": runs, "ensembles": ensembles, "references": refs, "ablations": abl,
         "ensemble_test_micro_f1": main_ens["test"]["micro_f1"] if main_ens else None,
+        "ensemble_test_macro_f1": main_ens["test"]["macro_f1"] if main_ens else None,
+        "best_neural_test_micro_f1": neural["test"]["micro_f1"] if neural else None,
+        "best_neural_run": neural_run,
+        "best_neural_train_seconds": neural["train_seconds"] if neural else None,
+        "best_neural_measured_on": neural.get("measured_on") if neural else None,
         "ensemble_variant": next((k for k, v in ensembles.items() if v is main_ens), None),
         "best_single_test_micro_f1": max((s for _, s in singles), default=None),
         "best_single_run": max(singles, key=lambda t: t[1])[0] if singles else None,

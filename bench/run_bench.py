@@ -16,15 +16,22 @@ Parts (--parts, default all):
   growth   training and inference time against data size: TF-IDF measured at each size, the neural
            models' training extrapolated from the speed part's medians, medalist's inference
            measured at each size through load_predictor; a table and bench/growth.png.
+  images   (= images-speed + images-quality; bench/images.py) an image competition (--image-comp,
+           fashion-products) end to end: `make all` stage by stage with wall time and peak RSS per
+           stage, test accuracy / macro-F1 of each run and of the ensemble beside SOURCE.md's
+           references; and an A/B of the image family's engine path against the plain PIL-Dataset
+           + timm + AdamW loop (bench/image_ab.py), training and inference images/s.
 
-Reads   results/<comp>/…, --comp-dir (train.csv, test.csv, test_labels.csv), configs/models/<model>.yaml
-Writes  bench/results.json (merged: a part not run keeps its previous figures), BENCHMARKS.md,
+Reads   results/<comp>/…, --comp-dir (train.csv, test.csv, test_labels.csv), configs/models/<model>.yaml;
+        for images: --image-dir (test_labels.csv), results/<image comp>/…
+Writes  bench/results.json (merged: a part not run keeps its previous figures; images under "images"), BENCHMARKS.md,
         bench/growth.png, scratch and caches under results/<comp>/bench/
 Run     python bench/run_bench.py --comp math-subjects --comp-dir ../shared/competitions/math-subjects \
             --runs "tfidf embed minilm" [--quick] [--parts speed,growth]
+        python bench/run_bench.py --parts images-speed   (then --parts images-quality: make all, ~30 min on 2 cores)
 
-Modules beside it: quality.py, speed.py, memory_growth.py (the parts), benchmarks_md.py (the
-report), processes.py (timed, memory-sampled child processes and cache keys).
+Modules beside it: quality.py, speed.py, memory_growth.py, images.py (the parts), image_ab.py (a
+side of the images A/B), benchmarks_md.py (the report), processes.py (timed, memory-sampled child processes and cache keys).
 """
 from __future__ import annotations
 
@@ -44,6 +51,7 @@ from medalist.core import config as C
 from medalist.core.competition import load_competition
 from medalist.core.config import UserError
 from medalist.core.io import read_json, write_json, write_text
+from images import part_images
 from memory_growth import part_growth, plot_growth, stage_table
 from processes import BENCH, REPO
 from quality import part_quality
@@ -78,7 +86,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--runs", default="tfidf embed minilm", help="BENCH_MODELS: the runs `make all` built")
     ap.add_argument("--model", default="minilm", help="the neural model config of the A/B and the Trainer reference")
     ap.add_argument("--model-config", type=Path, help="default: configs/models/<model>.yaml")
-    ap.add_argument("--parts", default="quality,speed,growth")
+    ap.add_argument("--parts", default="quality,speed,growth,images",
+                    help="of quality, speed, growth, images (= images-speed,images-quality)")
     ap.add_argument("--steps", type=int, default=10, help="optimizer steps per speed run")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--infer-rows", type=int, default=512)
@@ -86,21 +95,45 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--quick", action="store_true", help="development: 2 steps, 64 texts, growth at 250,500")
     ap.add_argument("--skip-trainer-fit", action="store_true",
                     help="do not train the full Trainer reference (hours on a CPU) unless cached")
+    ap.add_argument("--image-comp", default="fashion-products", help="the images part's competition")
+    ap.add_argument("--image-dir", type=Path, default=Path("../shared/competitions/fashion-products"),
+                    help="its folder: train.csv, test.csv, the images and test_labels.csv")
+    ap.add_argument("--image-answers", type=Path, help="default: <image-dir>/test_labels.csv")
+    ap.add_argument("--image-runs", help="the runs its `make all` trains (default: the competition's default_models)")
+    ap.add_argument("--image-model", default="efficientnet-lite0", help="the image A/B's model config (family image)")
+    ap.add_argument("--image-steps", type=int, default=20, help="training steps per image A/B run")
+    ap.add_argument("--image-infer-rows", type=int, default=1024)
+    ap.add_argument("--image-repeats", type=int, default=3)
+    ap.add_argument("--image-workers", type=int, default=0, help="DataLoader workers of the plain loop")
     ap.add_argument("--out-json", type=Path, default=BENCH / "results.json")
     ap.add_argument("--out-md", type=Path, default=REPO / "BENCHMARKS.md")
     ap.add_argument("--plot", type=Path, default=BENCH / "growth.png")
     a = ap.parse_args(argv)
     if a.quick:
         a.steps, a.infer_rows, a.growth_sizes = 2, 64, "250,500"
+        a.image_steps, a.image_infer_rows = 2, 64
     a.runs = a.runs.split()
     a.parts = set(a.parts.split(","))
-    unknown = a.parts - {"quality", "speed", "growth"}
+    if "images" in a.parts:
+        a.parts = (a.parts - {"images"}) | {"images-speed", "images-quality"}
+    unknown = a.parts - {"quality", "speed", "growth", "images-speed", "images-quality"}
     if unknown:
-        raise UserError(f"--parts: unknown part(s) {sorted(unknown)} (quality, speed, growth)")
-    if a.repeats < 1 or a.steps < 1:
-        raise UserError("--repeats and --steps must be at least 1")
+        raise UserError(f"--parts: unknown part(s) {sorted(unknown)} (quality, speed, growth, images, "
+                        f"images-speed, images-quality)")
+    if min(a.repeats, a.steps, a.image_repeats, a.image_steps, a.image_infer_rows) < 1:
+        raise UserError("--repeats, --steps and the --image-… counts must be at least 1")
+    if a.image_workers < 0:
+        raise UserError("--image-workers must be 0 or more")
     a.model_config = (a.model_config or C.configs_dir() / "models" / f"{a.model}.yaml").resolve()
     a.answers = a.answers or a.comp_dir / "test_labels.csv"
+    a.image_answers = (a.image_answers or a.image_dir / "test_labels.csv").resolve()
+    a.image_dir = a.image_dir.resolve()
+    a.image_model_config = (C.configs_dir() / "models" / f"{a.image_model}.yaml").resolve()
+    if a.parts & {"images-speed", "images-quality"}:
+        if not a.image_model_config.exists():
+            raise UserError(f"--image-model: no model config {a.image_model_config}")
+        a.image_runs = (a.image_runs.split() if a.image_runs is not None
+                        else list(load_competition(a.image_comp).default_models))
     return a
 
 
@@ -108,16 +141,17 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     t_start = time.time()
     a = parse(argv)
+    text_parts = a.parts & {"quality", "speed", "growth"}
     comp = load_competition(a.comp)
     f = comp.files
     data = {"train": (a.comp_dir / f.train).resolve(), "test": (a.comp_dir / f.test).resolve(),
             "answers": a.answers.resolve(),
             "columns": ["--text-column", comp.inputs.text.columns[0], "--label-column", comp.label_column,
                         "--id-column", comp.id_column]}
-    for k in ("train", "test", "answers"):
+    for k in ("train", "test", "answers") if text_parts else ():
         if not data[k].exists():
             raise UserError(f"{data[k]} not found: pass --comp-dir (and --answers) of a Kaggle-shaped folder with answers")
-    if not a.model_config.exists():
+    if text_parts and not a.model_config.exists():
         raise UserError(f"no model config {a.model_config}")
     work = C.root() / "results" / comp.name / "bench"
     res = read_json(a.out_json) if a.out_json.exists() else {}
@@ -126,13 +160,15 @@ def main(argv: list[str] | None = None) -> None:
     if res.get("machine") and not stamps:  # results.json from before parts were stamped
         stamps.update({part: {"git_sha": res.get("git_sha"), "date": res.get("date"), "machine": res["machine"]}
                        for part in ("quality", "speed", "growth") if res.get(part)})
-    res.update({"comp": comp.name, "answers": str(a.answers), "model": a.model, "git_sha": C.git_sha(),
-                "date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine()})
+    res.update({"git_sha": C.git_sha(), "date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine()})
+    if text_parts:  # the text parts' keys stay as they were when only the images part runs
+        res.update({"comp": comp.name, "answers": str(a.answers), "model": a.model})
     stamps.update({part: {"git_sha": res["git_sha"], "date": res["date"], "machine": res["machine"]}
                    for part in a.parts})
-    n_train, n_test = len(pd.read_csv(data["train"])), len(pd.read_csv(data["test"]))
-    sizes = sorted({min(n_train if s == "all" else int(s), n_train) for s in a.growth_sizes.split(",")})
-    test_sizes = sorted({min(n, n_test) for n in sizes})
+    if "growth" in a.parts:
+        n_train, n_test = len(pd.read_csv(data["train"])), len(pd.read_csv(data["test"]))
+        sizes = sorted({min(n_train if s == "all" else int(s), n_train) for s in a.growth_sizes.split(",")})
+        test_sizes = sorted({min(n, n_test) for n in sizes})
 
     if "quality" in a.parts:
         res["quality"] = part_quality(a, comp, data, work)
@@ -141,19 +177,25 @@ def main(argv: list[str] | None = None) -> None:
     if "growth" in a.parts:
         res["growth"] = part_growth(a, comp, data, work, res.get("speed"), sizes)
         plot_growth(res["growth"], a.plot)
+    if a.parts & {"images-speed", "images-quality"}:
+        res["images"] = part_images(a, res.get("images"))
 
     q, s = res.get("quality") or {}, res.get("speed") or {}
-    for key in ("ensemble_test_micro_f1", "best_single_test_micro_f1", "tfidf_test_micro_f1", "trainer_test_micro_f1"):
+    for key in ("ensemble_test_micro_f1", "ensemble_test_macro_f1", "best_single_test_micro_f1", "tfidf_test_micro_f1",
+                "trainer_test_micro_f1", "best_neural_test_micro_f1"):
         res[key] = q.get(key)
     for key in ("train_samples_per_s", "infer_texts_per_s"):
         res[key] = s.get(key)
     res["stages"] = stage_table(res)
     res["peak_rss_mb"] = {k: v["peak_rss_mb"] for k, v in res["stages"].items()}
     cmd = shlex.join(["python", "bench/run_bench.py", *(argv if argv is not None else sys.argv[1:])])
-    res["commands"] = [
-        f"make all COMP={comp.name} COMP_DIR={a.comp_dir} MODELS=\"{' '.join(a.runs)}\"",
-        f"make augment COMP={comp.name} && make all COMP={comp.name} MODELS=\"{' '.join(a.runs)}\" USE_GEN=1",
-        cmd]
+    if text_parts:
+        res["commands"] = [
+            f"make all COMP={comp.name} COMP_DIR={a.comp_dir} MODELS=\"{' '.join(a.runs)}\"",
+            f"make augment COMP={comp.name} && make all COMP={comp.name} MODELS=\"{' '.join(a.runs)}\" USE_GEN=1",
+            cmd]
+    if a.parts & {"images-speed", "images-quality"}:
+        res["images"]["bench_command"] = cmd
     gpu_file = BENCH / "gpu_check.json"  # written on a GPU box by bench/gpu_check.py
     if gpu_file.exists():
         res["gpu_check"] = json.loads(gpu_file.read_text())

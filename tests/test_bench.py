@@ -69,6 +69,7 @@ def test_bench_writes_results_and_report(project, tmp_path, monkeypatch):
     run_bench = importlib.import_module("run_bench")
     out = tmp_path / "out"
     run_bench.main(["--comp", "math-subjects", "--comp-dir", str(comp_dir), "--runs", "tfidf", "--model", "tiny",
+                    "--parts", "quality,speed,growth",
                     "--steps", "2", "--repeats", "1", "--infer-rows", "16", "--growth-sizes", "20,all",
                     "--out-json", str(out / "results.json"), "--out-md", str(out / "BENCHMARKS.md"),
                     "--plot", str(out / "growth.png")])
@@ -87,3 +88,191 @@ def test_bench_writes_results_and_report(project, tmp_path, monkeypatch):
     md = (out / "BENCHMARKS.md").read_text()
     assert "## Speed" in md and "## Quality" in md and "## Growth" in md
     assert (out / "growth.png").stat().st_size > 0
+
+
+# ---------------------------------------------------------------- the images part (bench/images.py)
+
+
+def _bench_module(monkeypatch, name: str):
+    monkeypatch.syspath_prepend(str(REPO / "bench"))
+    return importlib.import_module(name)
+
+
+def _image_args(tmp_path, answers: Path, runs=("cnn", "image-embed")):
+    import argparse
+
+    return argparse.Namespace(image_comp="fashion-products", image_dir=tmp_path / "fashion", image_answers=answers,
+                              image_runs=list(runs), parts={"images-quality"})
+
+
+def _proba_csv(path: Path, ids, pred, k: int = 10) -> None:
+    p = np.full((len(ids), k), 0.01)
+    p[np.arange(len(ids)), pred] = 0.91
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame({"id": ids, **{f"p_{j}": p[:, j] for j in range(k)}}).to_csv(path, index=False)
+
+
+def test_images_quality_scores_runs_and_ensemble(project, tmp_path, monkeypatch):
+    """Each run's test.csv and the ensemble's submission scored against the answers; stage records
+    and SOURCE.md's references carried into the block; the section and goals render."""
+    images = _bench_module(monkeypatch, "images")
+    from medalist.core.competition import load_competition
+
+    ids = [str(i) for i in range(20)]
+    y = np.arange(20) % 10
+    answers = tmp_path / "test_labels.csv"
+    pd.DataFrame({"id": ids, "label": y}).to_csv(answers, index=False)
+    raw = project / "data" / "raw" / "fashion-products"
+    raw.mkdir(parents=True)
+    (raw / ".complete").write_text("{}")
+    pd.DataFrame({"id": ids, "label": 0}).to_csv(raw / "sample_submission.csv", index=False)
+    res = project / "results" / "fashion-products"
+    wrong_cnn = y.copy()
+    wrong_cnn[:4] = (y[:4] + 1) % 10  # 16/20 right
+    for run, pred in (("cnn", wrong_cnn), ("image-embed", y)):
+        _proba_csv(res / run / "test.csv", ids, pred)
+        (res / run / "metrics.json").write_text(json.dumps({"oof_score": 0.9, "train_seconds": 12.0,
+                                                            "predict_seconds": 1.0, "peak_rss_mb": 500.0}))
+    (res / "ensemble").mkdir(parents=True)
+    (res / "ensemble" / "metrics.json").write_text(json.dumps({"oof_score": 0.93, "method": "mean"}))
+    sub = project / "submission" / "fashion-products"
+    sub.mkdir(parents=True)
+    ens = y.copy()
+    ens[0] = 3  # 19/20 right
+    pd.DataFrame({"id": ids, "label": ens}).to_csv(sub / "submission.csv", index=False)
+    records = {s: {"wall_seconds": 60.0, "peak_rss_mb": 400.0} for s, _ in images.stage_plan("fashion-products",
+                                                                                              ["cnn", "image-embed"])}
+    monkeypatch.setattr(images, "run_stages", lambda *a, **k: records)
+
+    q = images.part_quality(_image_args(tmp_path, answers), load_competition("fashion-products"), tmp_path / "w")
+    assert q["runs"]["cnn"]["test"]["micro_f1"] == 0.8
+    assert q["runs"]["image-embed"]["test"]["micro_f1"] == 1.0
+    assert q["ensemble_test_accuracy"] == 0.95 and q["ensemble"]["method"] == "mean"
+    assert q["make_all_seconds"] == 60.0 * len(records)
+    assert any("RBF SVC" in r["name"] and r["accuracy"] == 0.880 for r in q["references"])
+    md = "\n".join(images.render({"quality": q}))
+    assert "## Images" in md and "RBF SVC" in md and "| **make all** |" in md
+    assert any(g.startswith("- met: images:") and "0.9500" in g for g in images.goals({"quality": q}))
+
+
+def test_images_stages_resume_and_record(project, tmp_path, monkeypatch):
+    """Stage by stage through make (a stand-in make here): a stage make finds up to date is not
+    rerun and keeps its record; a target rebuilt outside the bench loses it."""
+    images = _bench_module(monkeypatch, "images")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "calls.txt"
+    fake = bin_dir / "make"  # -q: 0 when the target exists; otherwise create it and log the call
+    fake.write_text(f"""#!/bin/sh
+q=0; t=""
+for a in "$@"; do case "$a" in -q) q=1;; --*|*=*) ;; *) t="$a";; esac; done
+if [ $q = 1 ]; then [ -e "$t" ] && exit 0 || exit 1; fi
+mkdir -p "$(dirname "$t")" && touch "$t" && echo "$t" >> {calls}
+""")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.chdir(project)
+    args = _image_args(tmp_path, tmp_path / "answers.csv", runs=["cnn"])
+    work = tmp_path / "w"
+    first = images.run_stages(args, work, upto="folds")
+    assert list(first) == ["download", "check", "folds"] and all(r["peak_rss_mb"] is not None for r in first.values())
+    records = images.run_stages(args, work)
+    assert len(calls.read_text().split()) == len(images.stage_plan("fashion-products", ["cnn"]))  # each once
+    assert records["folds"] == first["folds"]
+    target = project / records["train cnn"]["target"]
+    os.utime(target, (1, 1))  # rebuilt by someone else
+    again = images.run_stages(args, work)
+    assert again["train cnn"]["wall_seconds"] is None and "outside" in again["train cnn"]["note"]
+
+
+def test_image_ab_sides_train_and_predict(project, tmp_path, monkeypatch):
+    """Both sides of the images A/B on tiny PNGs with a tiny timm EfficientNet (no weights): the
+    plain loop decodes per access, medalist's goes through the engine and the decode-once cache."""
+    image_ab = _bench_module(monkeypatch, "image_ab")
+    from medalist.core import config as C
+    from medalist.models.families import image
+    from tiny_images import make_images
+
+    rows, labels = make_images(project / "imgs", 12, seed=0, prefix="t", size=20)
+    rows["image"] = [str(Path(p).relative_to(project)) for p in rows["image"]]
+    train = rows.assign(label=labels)
+    test = rows.iloc[:6][["id", "image"]].reset_index(drop=True)
+    processed = project / "data" / "processed" / "tiny"
+    processed.mkdir(parents=True)
+    train.to_csv(processed / "train.csv", index=False)
+    test.to_csv(processed / "test.csv", index=False)
+    cfg = C.from_dict(image.Config, {"family": "image", "backbone": "test_efficientnet", "weights": "none",
+                                     "image_size": 24, "batch_size": 4, "eval_batch_size": 8, "fused_adamw": False})
+    p = image_ab.plain(cfg, train, test, 3, workers=0)
+    m = image_ab.medalist(cfg, train, test, 3, processed, tmp_path / "m")
+    for side in (p, m):
+        assert side["steps"] == 3 and side["predicted"] == 6 and side["train_seconds"] > 0
+        assert np.isfinite(side["last_loss"])
+    assert m["infer_batch_size"] == 8 and p["infer_batch_size"] == 4
+    assert (processed / "images" / "24.npy").exists()  # medalist read its items from the cache
+
+
+# ---------------------------------------------------------------- the quality part's ablations (bench/quality.py)
+
+
+def test_ablations_read_full_and_one_fold_runs(project, tmp_path, monkeypatch):
+    """Each technique alone: a run finished on every fold from metrics.json, a neural one trained
+    on fold 0 only (`make train … FOLDS=0`) from that fold — a fold left by an older config is not
+    counted —, a missing one as not measured with its command; the best fine-tuned transformer and
+    the new results keys; the table and goals render. No training."""
+    import hashlib
+
+    quality = _bench_module(monkeypatch, "quality")
+    benchmarks_md = _bench_module(monkeypatch, "benchmarks_md")
+    from medalist.core.competition import load_competition
+
+    comp = load_competition("math-subjects")
+    ids = [str(i) for i in range(10)]
+    y = np.arange(10) % 7
+    answers = tmp_path / "test_labels.csv"
+    pd.DataFrame({"id": ids, "label": y}).to_csv(answers, index=False)
+    res = project / "results" / "math-subjects"
+
+    def config(run: str, family: str, **model) -> str:
+        resolved = {"run": run, "competition": "math-subjects", "use_gen": False, "model": {"family": family, **model}}
+        (res / run).mkdir(parents=True, exist_ok=True)
+        (res / run / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
+        return hashlib.sha256(json.dumps(resolved, sort_keys=True).encode()).hexdigest()[:16]
+
+    config("tfidf", "tfidf")
+    wrong = y.copy()
+    wrong[:2] = (y[:2] + 1) % 7  # 8/10 right
+    _proba_csv(res / "tfidf" / "test.csv", ids, wrong, k=7)
+    (res / "tfidf" / "metrics.json").write_text(json.dumps({"oof_score": 0.78, "train_seconds": 160.0,
+                                                            "predict_seconds": 13.0, "peak_rss_mb": 600.0}))
+    key = config("minilm", "encoder", max_length=256, max_train_rows=2000)
+    _proba_csv(res / "minilm" / "fold0" / "test.csv", ids, y, k=7)  # 10/10 right
+    _proba_csv(res / "minilm" / "fold1" / "test.csv", ids, wrong, k=7)
+    for k, h in ((0, key), (1, "an-older-config")):
+        (res / "minilm" / f"fold{k}" / "done.json").write_text(json.dumps({
+            "config_hash": h, "fold": k, "score": 0.74, "seconds": 700.0, "n_train": 2000, "peak_rss_mb": 3000.0,
+            "info": {"predict_seconds": 60.0}}))
+    monkeypatch.setattr(quality, "ensemble_variant", lambda *a, **k: None)
+
+    abl = quality.ablations(quality.Answers(comp, answers), comp, tmp_path / "w")
+    rows = {e["run"]: e for e in abl["rows"].values()}
+    assert list(abl["rows"]) == [what for what, _, _ in quality.ABLATIONS]
+    assert rows["tfidf"]["measured"] and rows["tfidf"]["test"]["micro_f1"] == 0.8
+    assert rows["tfidf"]["measured_on"] == "all 5 folds" and rows["tfidf"]["train_seconds"] == 160.0
+    m = rows["minilm"]
+    assert m["folds"] == [0] and m["test"]["micro_f1"] == 1.0 and m["train_seconds"] == 700.0
+    assert m["measured_on"].startswith("fold 0 of 5, 2000 train rows") and m["family"] == "encoder"
+    assert not rows["tfidf-svm"]["measured"] and "make train MODELS=tfidf-svm COMP=math-subjects" == rows["tfidf-svm"]["how"]
+    assert abl["ensemble"] is None  # one run on all folds: nothing to ensemble
+
+    run, best = quality.best_neural({"tfidf": {"test": {"micro_f1": 0.8}}}, abl["rows"], res)
+    assert run == "minilm" and best["test"]["micro_f1"] == 1.0
+
+    q = {"ablations": abl, "best_neural_run": run, "best_neural_test_micro_f1": 1.0, "best_neural_train_seconds": 700.0,
+         "best_neural_measured_on": m["measured_on"], "ensemble_test_micro_f1": 0.81, "ensemble_test_macro_f1": 0.79,
+         "references": {"HF Trainer (bench/trainer_baseline.py)": {"test": {"micro_f1": 0.735}, "train_seconds": 1593.0}}}
+    md = "\n".join(benchmarks_md.ablation_lines(abl, q))
+    assert "### Each technique alone" in md and "| tfidf-svm | not measured" in md and "fold 0 of 5" in md
+    goals = benchmarks_md.goals({"quality": q})
+    assert any(g.startswith("- not met: ensemble test micro-F1 and macro-F1 ≥ 0.80") for g in goals)
+    assert any(g.startswith("- met: best fine-tuned transformer") for g in goals)
