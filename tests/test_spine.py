@@ -147,10 +147,19 @@ IMAGE = {"column": "file", "train_dir": "train_images", "test_dir": "test_images
 
 def test_folds_carry_declared_text_and_image_inputs(project):
     paths = _pictures(project, {"text": {"columns": ["caption", "file"]}, "image": IMAGE})
-    (paths.raw / "train_images" / "tr5.png").unlink()
-    with pytest.raises(UserError, match=r"train.csv: 1 of 12 images not found, e.g. .*tr5.png \(row 7\)"):
+    # with text beside it, a missing photo is a row without one; no photo at all is a wrong folder
+    saved = {p.name: p.read_bytes() for p in (paths.raw / "train_images").iterdir()}
+    for p in (paths.raw / "train_images").iterdir():
+        p.unlink()
+    with pytest.raises(UserError, match=r"train.csv: 12 of 12 images not found, e.g. .*tr0.png \(row 2\)"):
         folds_stage.run(load_competition("pics"))
     assert not (paths.processed / "train.csv").exists()
+    for name, data in saved.items():
+        (paths.raw / "train_images" / name).write_bytes(data)
+    (paths.raw / "train_images" / "tr5.png").unlink()
+    folds_stage.run(load_competition("pics"))
+    train, _ = read_processed(paths)
+    assert train.set_index("id")["image"].fillna("")["tr5"] == "" and len(train) == 12
     (paths.raw / "train_images" / "tr5.png").write_bytes(b"\x89PNG")
 
     folds_stage.run(load_competition("pics"))
