@@ -175,7 +175,8 @@ mkdir -p "$(dirname "$t")" && touch "$t" && echo "$t" >> {calls}
     args = _image_args(tmp_path, tmp_path / "answers.csv", runs=["cnn"])
     work = tmp_path / "w"
     first = images.run_stages(args, work, upto="folds")
-    assert list(first) == ["download", "check", "folds"] and all(r["peak_rss_mb"] is not None for r in first.values())
+    assert list(first) == ["download", "check", "folds"]
+    assert all(r["peak_rss_mb"] is not None and r["cpu_seconds"] >= 0 for r in first.values())
     records = images.run_stages(args, work)
     assert len(calls.read_text().split()) == len(images.stage_plan("fashion-products", ["cnn"]))  # each once
     assert records["folds"] == first["folds"]
