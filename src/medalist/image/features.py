@@ -39,6 +39,7 @@ class Extractor:
 
 
 _MODELS: dict[str, object] = {}
+_FOLDED: set[str] = set()  # identities whose model in _MODELS has been through the BatchNorm fold
 
 
 def _model(ex: Extractor):
@@ -48,6 +49,7 @@ def _model(ex: Extractor):
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         model = ex.build().eval().to(device)
         _MODELS.clear()  # one frozen network in memory at a time
+        _FOLDED.clear()
         _MODELS[ex.identity] = model.to(memory_format=torch.channels_last)
     return _MODELS[ex.identity]
 
@@ -57,6 +59,8 @@ def embed_pixels(ex: Extractor, pixels: np.ndarray, progress: Callable[[int], ob
     row count told to `progress`)."""
     import torch
 
+    from medalist.models import inference
+
     model = _model(ex)
     device = next(model.parameters()).device
     bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
@@ -65,6 +69,10 @@ def embed_pixels(ex: Extractor, pixels: np.ndarray, progress: Callable[[int], ob
         for s in range(0, len(pixels), ex.batch_size):
             x = torch.from_numpy(np.ascontiguousarray(pixels[s:s + ex.batch_size])).to(device)
             x = x.permute(0, 3, 1, 2).float().div_(255).contiguous(memory_format=torch.channels_last)
+            if ex.identity not in _FOLDED:  # BatchNorm folded in (exact; checked in fp32 on this batch)
+                with torch.autocast(device.type, enabled=False):
+                    model = _MODELS[ex.identity] = inference.folded_or_original(model, x[:8])
+                _FOLDED.add(ex.identity)
             out.append(model(x).float().flatten(1).cpu().numpy())
             progress(len(x))
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)

@@ -39,7 +39,8 @@ from medalist.core.io import atomic_path
 from medalist.core.metrics import better, score
 from medalist.models import FoldData, FoldResult
 from medalist.models.checkpoints import Checkpoints, Progress
-from medalist.models.training import Adapter, Stage, TrainConfig, epoch_batches, fingerprint, resume_key, schedule, shard
+from medalist.models.training import (Adapter, Stage, TrainConfig, epoch_batches, fingerprint, inference_form,
+                                      resume_key, schedule, shard)
 
 log = get_logger(__name__)
 
@@ -295,10 +296,11 @@ class _Run:
         """Probabilities in the original row order, gathered from every process, each row exactly once."""
         out, seen = np.zeros((n, self.adapter.n_classes)), np.zeros(n, dtype=int)
         self.model.eval()
+        model = inference_form(self.adapter, self.model)
         with torch.no_grad():
             for batch in loader:
                 idx = batch.pop("idx")
-                proba, idx = self.acc.gather_for_metrics((self.adapter.proba(self.model, batch).float(), idx))
+                proba, idx = self.acc.gather_for_metrics((self.adapter.proba(model, batch).float(), idx))
                 idx = idx.cpu().numpy()
                 out[idx] = proba.cpu().numpy()
                 np.add.at(seen, idx, 1)

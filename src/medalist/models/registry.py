@@ -31,7 +31,7 @@ class Family:
     sources: tuple[str, ...]  # paths under src/medalist/ a run of this family depends on
 
 
-_ENGINE = ("models/engine.py", "models/training.py", "models/checkpoints.py")
+_ENGINE = ("models/engine.py", "models/training.py", "models/checkpoints.py", "models/inference.py")
 FAMILIES: dict[str, Family] = {f.name: f for f in (
     Family("tfidf", "medalist.models.families.tfidf", "inprocess", ("models/families/tfidf.py",)),
     Family("embed_lr", "medalist.models.families.embed_lr", "inprocess",

@@ -59,8 +59,9 @@ class TrainConfig(RunConfig):
 class Adapter(Protocol):
     """What a family tells the engine. An item is one row's data, unpadded; a batch is tensors.
 
-    Optional: lr_scale(name) -> float (per-parameter lr factor, e.g. layer-wise decay) and
-    info(model, when: "init" | "end") -> dict (extra facts for FoldResult.info).
+    Optional: lr_scale(name) -> float (per-parameter lr factor, e.g. layer-wise decay),
+    info(model, when: "init" | "end") -> dict (extra facts for FoldResult.info) and
+    for_inference(model) -> module (a prediction-only form that `proba` accepts, built once a pass).
     """
 
     n_classes: int
@@ -132,6 +133,12 @@ def resume_key(cfg: TrainConfig, seed: int, part: Any, labels: np.ndarray | None
 # ---------------------------------------------------------------- inference from saved weights
 
 
+def inference_form(adapter: Adapter, model: torch.nn.Module) -> torch.nn.Module:
+    """What predicts this pass: the adapter's prediction-only form of `model` where it has one."""
+    form = getattr(adapter, "for_inference", None)
+    return form(model) if form is not None else model
+
+
 def weight_dirs(fold_dir: Path) -> list[Path]:
     """The folders holding a fold's final weights: one per seed, or the fold folder itself."""
     seeds = sorted(p for p in Path(fold_dir).glob("seed*") if p.is_dir())
@@ -143,6 +150,7 @@ def predictor(adapter: Adapter, models: list[torch.nn.Module], cfg: TrainConfig)
     at the last stage's input size; no accelerate launch needed."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     models = [(m if getattr(m, "hf_device_map", None) else m.to(device)).eval() for m in models]
+    models = [inference_form(adapter, m) for m in models]
     stage = cfg.stage_list()[-1]
     use_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
 

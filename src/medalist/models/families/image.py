@@ -20,6 +20,7 @@ and the prior. A mid-fold checkpoint folder (fold<k>/ckpt/checkpoints/checkpoint
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 from pathlib import Path
 from typing import Annotated, Callable, Literal
@@ -33,7 +34,7 @@ from medalist.image import augment as A
 from medalist.image import weights as W
 from medalist.image.cache import images
 from medalist.models import FoldData, FoldResult
-from medalist.models import checkpoints, engine, training
+from medalist.models import checkpoints, engine, inference, training
 
 WEIGHTS_FILE = "weights.safetensors"
 
@@ -49,6 +50,7 @@ class ImageRecipe(training.TrainConfig):
     label_smoothing: Annotated[float, Range(ge=0, lt=1)] = 0.1
     ema_decay: Annotated[float, Range(gt=0, lt=1)] | None = 0.99  # per training batch (0.99: the last ~100); null = no EMA
     channels_last: bool = True  # the memory layout convolutions run fastest in
+    cpu_bf16_inference: bool = True  # predict in bf16 on a CPU that computes it natively (AVX512-BF16, AMX)
 
     def validate(self, where: str) -> None:
         super().validate(where)
@@ -120,12 +122,44 @@ class Classifier(torch.nn.Module):
                     p.requires_grad for p in m.parameters(recurse=False)):
                 m.eval()
 
+    def for_inference(self, cpu_bf16: bool) -> Predicting:
+        """A prediction-only copy with the weights that predict (the average where there is
+        one): BatchNorm folded into the convolutions, bf16 where the device computes it natively."""
+        net = copy.deepcopy(self.net)
+        if self.ema is not None:
+            with torch.no_grad():
+                for n, t in net.state_dict().items():
+                    t.copy_(getattr(self.ema, n.replace(".", "__")))
+        return Predicting(net, self.mean, self.std, self.prior, self.channels_last, cpu_bf16)
+
     def predicting_state(self) -> dict[str, torch.Tensor]:
         """What predicts: the EMA weights where there is an average, and the prior."""
         net = self.net.state_dict()
         if self.ema is not None:
             net = {n: getattr(self.ema, n.replace(".", "__")) for n in net}
         return {**{f"net.{k}": v for k, v in net.items()}, "prior": self.prior}
+
+
+class Predicting(torch.nn.Module):
+    """Classifier's prediction-only form (`Classifier.for_inference`): the same logits, computed
+    by a BatchNorm-folded network (checked on the first batch it sees) under bf16 autocast where
+    native."""
+
+    def __init__(self, net: torch.nn.Module, mean, std, prior, channels_last: bool, cpu_bf16: bool):
+        super().__init__()
+        self.net, self.mean, self.std, self.prior = net.eval(), mean, std, prior
+        self.channels_last, self.cpu_bf16, self._ready = channels_last, cpu_bf16, False
+        if channels_last:
+            self.net = self.net.to(memory_format=torch.channels_last)
+
+    def forward(self, pixels: torch.Tensor, averaged: bool = True) -> torch.Tensor:
+        x = (pixels.float() - self.mean) / self.std
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        if not self._ready:  # the fold is checked in fp32 on real inputs before it predicts
+            self.net, self._ready = inference.folded_or_original(self.net, x[:8]), True
+        with torch.no_grad(), inference.autocast(x.device, inference.bf16_enabled(x.device, self.cpu_bf16)):
+            return self.net(x).float()
 
 
 # ---------------------------------------------------------------- the backbone
@@ -199,6 +233,10 @@ class ImageAdapter:
         target = target * (1 - eps) + eps / self.n_classes
         logits = model(x).float()
         return {"loss": -(target * torch.log_softmax(logits, dim=-1)).sum()}
+
+    def for_inference(self, model) -> Predicting:
+        """The form of `model` that predicts (engine.predict and `predictor` call this once a pass)."""
+        return getattr(model, "module", model).for_inference(self.cfg.cpu_bf16_inference)
 
     def proba(self, model, batch: dict) -> torch.Tensor:
         p = torch.softmax(model(batch["pixels"], averaged=True).float(), dim=-1)

@@ -1,0 +1,93 @@
+"""Prediction-only forms of image networks (medalist.models.inference): BatchNorm folding is exact,
+checked, and refused where sibling order lies; the Classifier's form predicts what it predicts."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from medalist.core import config as C
+from medalist.image import weights as W
+from medalist.models import inference
+from medalist.models.families import cnn, image
+
+
+def _randomise_bn(net: torch.nn.Module) -> None:
+    """Statistics far from the identity, so a wrong fold cannot pass unnoticed."""
+    g = torch.Generator().manual_seed(0)
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.3)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.bias.data.copy_(torch.randn(m.num_features, generator=g) * 0.2)
+
+
+@pytest.mark.parametrize("which", ["timm", "cnn"])
+def test_folding_batchnorm_keeps_the_outputs_and_removes_every_batchnorm(which):
+    torch.manual_seed(0)
+    if which == "timm":  # timm's BatchNormAct2d: the activation after the norm must survive the fold
+        net, _ = W.create("test_efficientnet", "none", 5, load=False, drop_rate=0.0)
+    else:
+        net = cnn.SmallCNN((8, 16), 5, 0.0)
+    _randomise_bn(net)
+    net.eval()
+    x = torch.randn(4, 3, 20, 20)
+    folded, n = inference.fold_batchnorm(net)
+    assert n > 0 and not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), net(x), atol=1e-4, rtol=1e-4)
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())  # the original is untouched
+
+
+class _NormFirst(torch.nn.Module):
+    """A conv defined before a BatchNorm that is applied to its input: sibling order lies here."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 3, 3, padding=1)
+        self.bn = torch.nn.BatchNorm2d(3)
+
+    def forward(self, x):
+        return self.conv(self.bn(x))
+
+
+def test_a_fold_that_changes_the_outputs_is_refused():
+    net = _NormFirst()
+    _randomise_bn(net)
+    x = torch.randn(2, 3, 8, 8)
+    assert inference.fold_batchnorm(net)[1] == 1  # the naive fold happens ...
+    assert inference.folded_or_original(net, x) is net  # ... and the check throws it away
+
+
+def test_the_classifiers_prediction_form_gives_its_averaged_logits():
+    cfg = C.from_dict(image.Config, {"family": "image", "backbone": "test_efficientnet", "weights": "none",
+                                     "image_size": 20, "cpu_bf16_inference": False}, "tiny")
+    adapter = image.ImageAdapter(cfg, 5, image.timm_net)
+    model = adapter.model(pretrained=False, ema=True)
+    _randomise_bn(model.net)
+    for n, t in model.net.state_dict().items():  # an average that differs from the current weights
+        if t.is_floating_point():
+            getattr(model.ema, n.replace(".", "__")).mul_(0.9)
+    model.eval()
+    pixels = torch.randint(0, 256, (6, 3, 20, 20), dtype=torch.uint8)
+    form = adapter.for_inference(model)
+    batch = {"pixels": pixels, "ok": torch.tensor([True] * 5 + [False])}
+    with torch.no_grad():
+        torch.testing.assert_close(form(pixels), model(pixels, averaged=True), atol=1e-4, rtol=1e-4)
+        got, want = adapter.proba(form, batch), adapter.proba(model, batch)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(got[5], model.prior)  # a row without an image still answers with the prior
+
+
+@pytest.mark.skipif(not inference.cpu_bf16_native(), reason="this CPU has no native bf16")
+def test_bf16_prediction_on_a_native_cpu_keeps_the_predicted_classes():
+    torch.manual_seed(0)
+    net, _ = W.create("test_efficientnet", "none", 5, load=False, drop_rate=0.0)
+    net.eval()
+    x = torch.randn(64, 3, 32, 32)
+    with torch.no_grad():
+        ref = net(x)
+        with inference.autocast(x.device, inference.bf16_enabled(x.device, cpu_bf16=True)):
+            low = net(x).float()
+    assert not torch.equal(low, ref)  # bf16 did run
+    assert (low.argmax(1) == ref.argmax(1)).float().mean() >= 0.95
