@@ -8,6 +8,9 @@
             `ImageAdapter` and net builder, items from the decode-once cache
             (data/processed/<comp>/images/<size>.npy), channels-last, the config's augmentation, EMA
             and eval batch. One stage training every parameter, one epoch over the rows given.
+            Prediction through the family's prediction form: BatchNorm folded into the
+            convolutions, bf16 on a CPU with native bf16 (the config's cpu_bf16_inference).
+  medalist-fp32  the same with cpu_bf16_inference off: what the fold alone buys.
 
 Both sides train on exactly the rows of --train-csv (steps × batch) and predict the rows of
 --test-csv; the timed figures are the training loop (images/s over every step, the first ones
@@ -126,7 +129,7 @@ def medalist(cfg, train: pd.DataFrame, test: pd.DataFrame, n_classes: int, data_
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--side", choices=["plain", "medalist"], required=True)
+    ap.add_argument("--side", choices=["plain", "medalist", "medalist-fp32"], required=True)
     ap.add_argument("--train-csv", type=Path, required=True)
     ap.add_argument("--test-csv", type=Path, required=True)
     ap.add_argument("--model-config", type=Path, required=True)
@@ -139,6 +142,8 @@ def main() -> None:
     from medalist.models.families import image
 
     cfg = C.from_dict(image.Config, C.load_yaml(a.model_config), a.model_config.name)
+    if a.side == "medalist-fp32":
+        cfg = dataclasses.replace(cfg, cpu_bf16_inference=False)
     train = pd.read_csv(a.train_csv, dtype={"id": str})
     test = pd.read_csv(a.test_csv, dtype={"id": str})
     a.out.mkdir(parents=True, exist_ok=True)

@@ -176,9 +176,10 @@ def part_speed(args, comp, work: Path) -> dict:
     common = ["--train-csv", str(d / "train.csv"), "--test-csv", str(d / "test.csv"), "--model-config",
               str(args.image_model_config), "--data-dir", str(processed), "--n-classes", str(comp.n_classes),
               "--workers", str(args.image_workers)]
-    samples: dict[str, list[dict]] = {"medalist": [], "plain": []}
+    samples: dict[str, list[dict]] = {"medalist": [], "plain": [], "medalist-fp32": []}
     for rep in range(args.image_repeats):
-        for side in (["medalist", "plain"] if rep % 2 == 0 else ["plain", "medalist"]):  # ABBA: drift cancels
+        # ABBA: drift cancels; then medalist with fp32 prediction (what the BatchNorm fold alone buys)
+        for side in (["medalist", "plain"] if rep % 2 == 0 else ["plain", "medalist"]) + ["medalist-fp32"]:
             out = d / f"{side}-{rep}"
             proc = run_child([sys.executable, str(BENCH / "image_ab.py"), "--side", side, *common, "--out", str(out)],
                              d / f"{side}-{rep}.log")
@@ -195,8 +196,12 @@ def part_speed(args, comp, work: Path) -> dict:
         return {"medalist": m, "plain": p, "ratio": m / p if p else None,
                 "best": {"medalist": bm, "plain": bp, "ratio": bm / bp if bp else None}}
 
-    first = samples["medalist"][0]
+    from medalist.models import inference
+
+    first, fp32 = samples["medalist"][0], samples.pop("medalist-fp32")
     return {
+        "bf16_native_cpu": inference.cpu_bf16_native(),
+        "infer_images_per_s_fp32": statistics.median(s["infer_images_per_s"] for s in fp32),
         "model": args.image_model, "backbone": first["backbone"], "weights": first["weights"],
         "image_size": first["image_size"], "batch_size": first["batch_size"], "steps": args.image_steps,
         "rows": first["n_train"], "infer_rows": first["n_test"], "repeats": args.image_repeats,
@@ -209,7 +214,8 @@ def part_speed(args, comp, work: Path) -> dict:
                             for side in samples},
         "samples": {side: [{k: s[k] for k in ("train_images_per_s", "infer_images_per_s", "last_loss")}
                            for s in samples[side]] for side in samples},
-        "wall_seconds": sum(s["process"]["wall_seconds"] for side in samples for s in samples[side]),
+        "wall_seconds": sum(s["process"]["wall_seconds"] for side in samples for s in samples[side])
+                        + sum(s["process"]["wall_seconds"] for s in fp32),
     }
 
 
@@ -304,10 +310,17 @@ def render(img: dict) -> list[str]:
                f"transforms, DataLoader with {s['plain_dataloader_workers']} workers, AdamW; medalist: "
                f"`engine.fit_fold` with the image family's adapter, decode-once cache, channels-last, its "
                f"augmentation and EMA). Inference: the same {s['infer_rows']} test images, batch "
-               f"{ib['plain']} (plain) / {ib['medalist']} (medalist's eval_batch_size)."), "",
+               f"{ib['plain']} (plain) / {ib['medalist']} (medalist's eval_batch_size); plain in fp32, medalist "
+               f"through its prediction form (BatchNorm folded into the convolutions; bf16 on a CPU with native "
+               f"bf16 — this one: {'yes' if s.get('bf16_native_cpu') else 'no'}). The fp32 row is medalist with "
+               f"cpu_bf16_inference off, one more process a repeat."), "",
               "| | medalist | plain loop | ratio |", "|---|---|---|---|",
               f"| training images/s, median | {_f(tr['medalist'], 1)} | {_f(tr['plain'], 1)} | {_f(tr['ratio'], 2)}× |",
               f"| inference images/s, median | {_f(inf['medalist'], 1)} | {_f(inf['plain'], 1)} | {_f(inf['ratio'], 2)}× |",
+              *([f"| inference images/s, medalist in fp32 (fold only), median | "
+                 f"{_f(s['infer_images_per_s_fp32'], 1)} | {_f(inf['plain'], 1)} | "
+                 f"{_f(s['infer_images_per_s_fp32'] / inf['plain'] if inf['plain'] else None, 2)}× |"]
+                if s.get("infer_images_per_s_fp32") else []),
               *[f"| {what} images/s, fastest repeat | {_f(b['medalist'], 1)} | {_f(b['plain'], 1)} | {_f(b['ratio'], 2)}× |"
                 for what, b in (("training", tr.get("best")), ("inference", inf.get("best"))) if b],
               f"| peak RSS MB | {_f(s['peak_rss_mb']['medalist'], 0)} | {_f(s['peak_rss_mb']['plain'], 0)} | |", "",

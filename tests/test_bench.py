@@ -277,3 +277,22 @@ def test_ablations_read_full_and_one_fold_runs(project, tmp_path, monkeypatch):
     goals = benchmarks_md.goals({"quality": q})
     assert any(g.startswith("- not met: ensemble test micro-F1 and macro-F1 ≥ 0.80") for g in goals)
     assert any(g.startswith("- met: best fine-tuned transformer") for g in goals)
+
+
+def test_images_speed_renders_the_ratios_and_the_fp32_row(monkeypatch):
+    """The A/B table: median ratios, the fold-only (fp32) inference row, and the goals it meets."""
+    images = _bench_module(monkeypatch, "images")
+    pair = lambda m, p: {"medalist": m, "plain": p, "ratio": m / p, "best": {"medalist": m, "plain": p, "ratio": m / p}}
+    s = {"model": "efficientnet-lite0", "backbone": "tf_efficientnet_lite0", "weights": "packaged", "image_size": 64,
+         "batch_size": 64, "steps": 20, "rows": 1280, "infer_rows": 1024, "repeats": 3,
+         "infer_batch_size": {"medalist": 256, "plain": 64}, "plain_dataloader_workers": 0, "threads": 2,
+         "train_images_per_s": pair(180.0, 100.0), "infer_images_per_s": pair(1400.0, 560.0),
+         "infer_images_per_s_fp32": 840.0, "bf16_native_cpu": True, "medalist_items_seconds": 0.1,
+         "peak_rss_mb": {"medalist": 2000.0, "plain": 1700.0}, "samples": {"medalist": [], "plain": []},
+         "wall_seconds": 120.0}
+    md = "\n".join(images.render({"speed": s}))
+    assert "| inference images/s, median | 1400.0 | 560.0 | 2.50× |" in md
+    assert "| inference images/s, medalist in fp32 (fold only), median | 840.0 | 560.0 | 1.50× |" in md
+    assert "native bf16 — this one: yes" in md
+    goals = images.goals({"speed": s})
+    assert any(g.startswith("- met:") and "inference" in g for g in goals)
