@@ -91,3 +91,40 @@ def test_bf16_prediction_on_a_native_cpu_keeps_the_predicted_classes():
             low = net(x).float()
     assert not torch.equal(low, ref)  # bf16 did run
     assert (low.argmax(1) == ref.argmax(1)).float().mean() >= 0.95
+
+
+def test_cpu_bf16_training_is_taken_only_where_asked_for_and_native(monkeypatch):
+    from medalist.models import engine
+
+    if torch.cuda.is_available():
+        pytest.skip("CUDA picks bf16 by itself")
+    monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
+    assert engine.mixed_precision(cpu_bf16=False) == "no"
+    assert engine.mixed_precision(cpu_bf16=True) == ("bf16" if inference.cpu_bf16_native() else "no")
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "fp16")  # a launch config that sets one wins
+    assert engine.mixed_precision(cpu_bf16=True) == "fp16"
+
+
+@pytest.mark.skipif(torch.cuda.is_available() or not inference.cpu_bf16_native(), reason="needs a CPU with native bf16")
+def test_a_run_asking_for_cpu_bf16_computes_its_forward_in_bf16(monkeypatch, tmp_path):
+    from accelerate.state import AcceleratorState
+
+    from medalist.models import engine
+
+    monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
+    AcceleratorState._reset_state(True)
+    try:
+        acc = engine._accelerator(tmp_path / "ckpt", None, cpu_bf16=True)
+        assert acc.mixed_precision == "bf16"
+        torch.manual_seed(0)
+        net = cnn.SmallCNN((8, 16), 5, 0.0)
+        seen = []
+        net.features[0].register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+        model = acc.prepare(net)
+        out = model(torch.randn(4, 3, 20, 20))
+        acc.backward(out.sum())
+        assert seen == [torch.bfloat16]  # the convolutions ran in bf16 ...
+        assert out.dtype == torch.float32  # ... and the loss sees fp32 logits
+        assert net.features[0].weight.grad.dtype == torch.float32  # the weights and their updates stay fp32
+    finally:
+        AcceleratorState._reset_state(True)

@@ -41,3 +41,24 @@ def test_linear_member_trains_and_reloads(demo, model):
     assert (saved.argmax(axis=1) == va["label"].to_numpy()).mean() > majority + 0.3
     again = load_run_predictor(run_dir, 0, len(load_competition("demo").labels))(va[["id", "text"]].iloc[::-1])
     assert np.allclose(again[::-1], saved, atol=1e-9)
+
+
+def test_a_competitions_model_overrides_reach_its_runs_and_bad_keys_stop_with_one_line(demo):
+    from medalist.core import config as C
+    from medalist.core.config import UserError
+
+    path = demo / "configs/competitions/demo.yaml"
+    original = path.read_text()
+    try:
+        path.write_text(original + "\nmodel_overrides:\n  tfidf-sgd: {C: 0.25}\n")
+        run_dir = train.run("demo", "tfidf-sgd", folds=[0])
+        assert C.load_yaml(run_dir / "config.yaml")["model"]["C"] == 0.25
+        assert C.load_yaml(demo / "configs/models/tfidf-sgd.yaml")["C"] == 10.0  # the model config is untouched
+        path.write_text(original + "\nmodel_overrides:\n  tfidf-sgd: {not_a_knob: 1}\n")
+        with pytest.raises(UserError, match=r"demo.yaml's model_overrides.tfidf-sgd: unknown key\(s\) \['not_a_knob'\]"):
+            train.run("demo", "tfidf-sgd", folds=[0])
+        path.write_text(original + "\nmodel_overrides:\n  tfidf-sgd: {family: cnn}\n")
+        with pytest.raises(UserError, match="may not change the family"):
+            train.run("demo", "tfidf-sgd", folds=[0])
+    finally:
+        path.write_text(original)

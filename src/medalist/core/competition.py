@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -136,6 +136,9 @@ class Competition:
     default_models: tuple[str, ...] = ("tfidf", "embed", "minilm")
     # may `make pretrain` read the test texts (unlabelled)? Competition rules differ: off unless allowed
     pretrain_on_test: bool = False
+    # per model config, keys that replace that config's for this competition's runs, e.g.
+    # {cnn: {epochs: 70}}: a tuning that suits one competition leaves the others (and demos) alone
+    model_overrides: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
 
     def validate(self, where: str) -> None:
         if len(self.labels) < 2:
@@ -152,6 +155,10 @@ class Competition:
         if self.inputs.text is not None and image is not None and (image.train_layout, image.test_layout) != ("table", "table"):
             raise UserError(f"{where}: inputs.text needs train and test tables, but inputs.image has "
                             f"train_layout {image.train_layout} and test_layout {image.test_layout}")
+        for model, keys in self.model_overrides.items():
+            if "family" in keys:
+                raise UserError(f"{where}: model_overrides.{model} may not change the family; "
+                                "write another model config instead")
         assert self.metric in METRICS
 
     @property

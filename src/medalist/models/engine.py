@@ -9,7 +9,7 @@ learning rate, epochs and input size). The engine owns what is the same for ever
 length-grouped batches (by the adapter's per-item cost) in an order that is a pure function of
 (seed, epoch), so a run killed mid-way resumes from its last epoch checkpoint and ends with the
 predictions an uninterrupted run makes; out-of-memory halving; TensorBoard; bf16 wherever CUDA
-supports it; gathering across processes; best-epoch selection and early stopping (marked optimistic).
+supports it, and on a CPU that computes bf16 natively where the config asks (`cpu_bf16_training`); gathering across processes; best-epoch selection and early stopping (marked optimistic).
 
 Files under a run's out_dir: the adapter's final weights (one seed) or seed<s>/ per seed (+ result.npz);
 epoch checkpoints in ckpt/ (`medalist.models.checkpoints`), removed once the seed is done. TensorBoard events in the log_dir it is given.
@@ -70,14 +70,25 @@ class _Stdout(logging.StreamHandler):
         pass
 
 
-def _accelerator(project_dir: Path, log_dir: Path | None):
-    """An Accelerator for one run: bf16 wherever CUDA supports it, whatever the launch config."""
+def mixed_precision(cpu_bf16: bool) -> str:
+    """The run's accelerate mixed precision: the launch config's when it sets one; else bf16 wherever
+    CUDA supports it, and on a CPU with native bf16 (AVX512-BF16, AMX) when `cpu_bf16` asks for it."""
+    from medalist.models import inference
+
+    mp = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
+    if mp != "no":
+        return mp
+    if torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "no"
+    return "bf16" if cpu_bf16 and inference.cpu_bf16_native() else "no"
+
+
+def _accelerator(project_dir: Path, log_dir: Path | None, cpu_bf16: bool = False):
+    """An Accelerator for one run, in `mixed_precision(cpu_bf16)`."""
     from accelerate import Accelerator
     from accelerate.utils import ProjectConfiguration
 
-    mp = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
-    if mp == "no" and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
-        mp = "bf16"
+    mp = mixed_precision(cpu_bf16)
     # total_limit 2: accelerate deletes the oldest before writing the next, so a kill mid-save
     # still leaves the previous complete checkpoint
     project = ProjectConfiguration(project_dir=str(project_dir), automatic_checkpoint_naming=True, total_limit=2,
@@ -114,7 +125,7 @@ class _Run:
         self.name, self.train, self.labels, self.val, self.val_labels, self.test, self.metric = (
             name, train, labels, val, val_labels, test, metric)
         self.stages = cfg.stage_list()
-        self.acc = _accelerator(self.out_dir / "ckpt", log_dir)
+        self.acc = _accelerator(self.out_dir / "ckpt", log_dir, cfg.cpu_bf16_training)
         self.key = key
         self.progress = Progress(key=key)
         self.inject_oom = os.environ.get("MEDALIST_INJECT_OOM") == "1"

@@ -92,12 +92,17 @@ def _family_of(path: Path) -> Family:
     return family(fam, f"configs/models/{path.name}")
 
 
-def load_model_config(name: str) -> tuple[ModuleType, Any]:
-    """configs/models/<name>.yaml → (family module, its frozen Config)."""
+def load_model_config(name: str, comp: Competition | None = None) -> tuple[ModuleType, Any]:
+    """configs/models/<name>.yaml → (family module, its frozen Config), with the keys that `comp`'s
+    model_overrides.<name> replaces."""
     fam = model_family(name)
     mod = importlib.import_module(fam.module)
     path = model_config_path(name)
-    return mod, C.from_dict(mod.Config, C.load_yaml(path), path.name)
+    data, where = C.load_yaml(path), path.name
+    override = comp.model_overrides.get(name) if comp is not None else None
+    if override:
+        data, where = {**data, **override}, f"{path.name} with {comp.name}.yaml's model_overrides.{name}"
+    return mod, C.from_dict(mod.Config, data, where)
 
 
 def load_run_predictor(run_dir: Path, fold: int, n_classes: int,

@@ -47,6 +47,8 @@ class TrainConfig(RunConfig):
     select_best_epoch: bool = False  # OOF from the best validation epoch: optimistic, marked so
     early_stopping_patience: Annotated[int, AtLeastOne] | None = None  # epochs without improvement ends a stage; also optimistic
     fused_adamw: bool = True  # one kernel per step where the device supports it
+    # train under bf16 autocast on a CPU that computes bf16 natively (AVX512-BF16, AMX); CUDA uses bf16 anyway
+    cpu_bf16_training: bool = False
     n_seeds: Annotated[int, AtLeastOne] = 1  # fresh models per fold (seeds seed, seed+1, …); the fold's probabilities are their mean
     stages: tuple[Stage, ...] = ()  # () = one stage of `epochs` at `lr`
 

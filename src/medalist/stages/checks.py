@@ -79,7 +79,7 @@ def token_lengths(comp: Competition, texts: list[str]) -> tuple[dict[str, np.nda
     out, notes, max_lens = {}, [], {}
     for name in comp.check_models:
         try:
-            _, cfg = load_model_config(name)
+            _, cfg = load_model_config(name, comp)
         except UserError as e:
             notes.append(f"{name}: skipped ({e})")
             continue

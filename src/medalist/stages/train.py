@@ -1,6 +1,6 @@
 """`make train MODELS="…" [USE_GEN=1 | GEN=aug,llm,pseudo] [FOLDS=0,1]`: k-fold training of one model config.
 
-Reads   configs/models/<model>.yaml, data/processed/<comp>/train.csv + test.csv,
+Reads   configs/models/<model>.yaml (with the competition config's model_overrides.<model>), data/processed/<comp>/train.csv + test.csv,
         data/generated/<comp>/generated_train.csv (only with --use-gen: every source, or --gen: those named),
         results/<comp>/pretrain/<name>/done.json (only for a `backbone: pretrain:<name>`)
 Writes  results/<comp>/<run>/ — config.yaml, fold<k>/ (weights + val.csv, test.csv, done.json),
@@ -60,7 +60,7 @@ def run(comp_name: str, model: str, use_gen: bool = False, folds: list[int] | No
     """use_gen: train on every generated source; gen_sources: on those named (e.g. ("aug", "pseudo"))."""
     comp = load_competition(comp_name)
     paths = Paths(comp.name)
-    mod, cfg = load_model_config(model)
+    mod, cfg = load_model_config(model, comp)
     name = run_name(model, use_gen, gen_sources)
     run_dir = paths.run(name)
     state = _state()
