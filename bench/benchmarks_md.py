@@ -94,7 +94,7 @@ def render(res: dict) -> str:
          "- " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()), "",
          *stamp_lines(res),
          "## Commands", "", "```bash", *res.get("commands", []),
-         *([res["images"]["bench_command"]] if (res.get("images") or {}).get("bench_command") else []),
+         *dict.fromkeys(((res.get("images") or {}).get("bench_commands") or {}).values()),
          "```", "", "## Goals", "", *goals(res), ""]
     if q:
         L += ["## Quality (test set, scored against the answers)", "",

@@ -195,7 +195,9 @@ def main(argv: list[str] | None = None) -> None:
             f"make augment COMP={comp.name} && make all COMP={comp.name} MODELS=\"{' '.join(a.runs)}\" USE_GEN=1",
             cmd]
     if a.parts & {"images-speed", "images-quality"}:
-        res["images"]["bench_command"] = cmd
+        # each images part's own command: a part not rerun keeps the one that measured it
+        cmds = res["images"].setdefault("bench_commands", {})
+        cmds.update({part: cmd for part in sorted(a.parts & {"images-speed", "images-quality"})})
     gpu_file = BENCH / "gpu_check.json"  # written on a GPU box by bench/gpu_check.py
     if gpu_file.exists():
         res["gpu_check"] = json.loads(gpu_file.read_text())
