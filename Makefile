@@ -23,7 +23,7 @@ ANSWERS  ?=#                 an answers CSV (id,label), for `make score`
 MESSAGE  ?=#                 a submission message, for `make submit`
 BENCH_COMP   ?= math-subjects#               `make bench`: its competition,
 BENCH_DIR    ?= ../shared/competitions/math-subjects#  where its files are,
-BENCH_MODELS ?= tfidf embed minilm-1ep#      the runs the quality part scores,
+BENCH_MODELS ?= tfidf embed minilm#          the runs the quality part scores,
 BENCH_NEURAL ?= minilm-1ep#                  the config of the speed test and the Trainer reference,
 BENCH_ARGS   ?=#                             e.g. --parts speed,growth  --quick  --skip-trainer-fit
 

@@ -31,8 +31,8 @@ ABLATIONS = (
     ("cheap member: TF-IDF + linear SVM", "tfidf-svm", "make train MODELS=tfidf-svm"),
     ("cheap member: NB-SVM", "tfidf-nbsvm", "make train MODELS=tfidf-nbsvm"),
     ("cheap member: TF-IDF + SGD", "tfidf-sgd", "make train MODELS=tfidf-sgd"),
-    ("pseudo-labels (teacher tfidf-sgd)", "tfidf-sgd+pseudo",
-     "make pseudo RUN=tfidf-sgd && make train MODELS=tfidf-sgd GEN=pseudo"),
+    ("pseudo-labels", "tfidf-sgd+pseudo",
+     "make pseudo RUN='tfidf minilm' && make train MODELS=tfidf-sgd GEN=pseudo"),
     ("MiniLM fine-tune (CPU defaults)", "minilm", "make train MODELS=minilm FOLDS=0"),
     ("seed averaging (minilm, 3 seeds)", "minilm-3seeds", "make train MODELS=minilm-3seeds FOLDS=0"),
     ("in-domain pretraining (minilm-dapt)", "minilm-dapt", "make pretrain MODEL=minilm && make train MODELS=minilm-dapt FOLDS=0"),
@@ -109,6 +109,18 @@ def fold_entry(answers: Answers, d: Path, n_folds: int) -> dict | None:
                             f"{' (max_train_rows cap)' if (resolved.get('model') or {}).get('max_train_rows') else ''}")}
 
 
+def teachers(d: Path) -> str:
+    """' (teacher a + b)' for a run trained on pseudo rows (the source its metrics.json or its folds'
+    done.json name: pseudo:<teacher runs>), '' for any other."""
+    files = [d / "metrics.json"] if (d / "metrics.json").exists() else sorted(d.glob("fold*/done.json"))
+    for f in files:
+        gen = read_json(f).get("n_generated") or []
+        for src in ([g for part in gen for g in part] if isinstance(gen, list) else list(gen)):
+            if str(src).startswith("pseudo:"):
+                return f" (teacher {' + '.join(src.split(':', 1)[1].split(','))})"
+    return ""
+
+
 def measured_on(entry: dict, resolved: dict, n_folds: int) -> str:
     if "measured_on" in entry:
         return entry["measured_on"]
@@ -131,7 +143,7 @@ def ablations(answers: Answers, comp, work: Path) -> dict:
         resolved = run_config(d)
         entry.update(run=run, measured=True, family=(resolved.get("model") or {}).get("family"),
                      measured_on=measured_on(entry, resolved, n_folds))
-        rows[what] = entry
+        rows[what + teachers(d)] = entry
         if "folds" not in entry:
             full.append(run)
     ens = None

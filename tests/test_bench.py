@@ -253,18 +253,23 @@ def test_ablations_read_full_and_one_fold_runs(project, tmp_path, monkeypatch):
         (res / "minilm" / f"fold{k}" / "done.json").write_text(json.dumps({
             "config_hash": h, "fold": k, "score": 0.74, "seconds": 700.0, "n_train": 2000, "peak_rss_mb": 3000.0,
             "info": {"predict_seconds": 60.0}}))
+    config("tfidf-sgd+pseudo", "tfidf")  # trained on pseudo rows: its row names the teacher its metrics.json records
+    _proba_csv(res / "tfidf-sgd+pseudo" / "test.csv", ids, y, k=7)
+    (res / "tfidf-sgd+pseudo" / "metrics.json").write_text(json.dumps({
+        "oof_score": 0.77, "train_seconds": 30.0, "n_generated": [{"pseudo:tfidf,minilm": 1700}] * 5}))
     monkeypatch.setattr(quality, "ensemble_variant", lambda *a, **k: None)
 
     abl = quality.ablations(quality.Answers(comp, answers), comp, tmp_path / "w")
     rows = {e["run"]: e for e in abl["rows"].values()}
-    assert list(abl["rows"]) == [what for what, _, _ in quality.ABLATIONS]
+    assert list(abl["rows"]) == [what + (" (teacher tfidf + minilm)" if run == "tfidf-sgd+pseudo" else "")
+                                 for what, run, _ in quality.ABLATIONS]
     assert rows["tfidf"]["measured"] and rows["tfidf"]["test"]["micro_f1"] == 0.8
     assert rows["tfidf"]["measured_on"] == "all 5 folds" and rows["tfidf"]["train_seconds"] == 160.0
     m = rows["minilm"]
     assert m["folds"] == [0] and m["test"]["micro_f1"] == 1.0 and m["train_seconds"] == 700.0
     assert m["measured_on"].startswith("fold 0 of 5, 2000 train rows") and m["family"] == "encoder"
     assert not rows["tfidf-svm"]["measured"] and "make train MODELS=tfidf-svm COMP=math-subjects" == rows["tfidf-svm"]["how"]
-    assert abl["ensemble"] is None  # one run on all folds: nothing to ensemble
+    assert abl["ensemble"] is None  # ensemble_variant is not run here
 
     run, best = quality.best_neural({"tfidf": {"test": {"micro_f1": 0.8}}}, abl["rows"], res)
     assert run == "minilm" and best["test"]["micro_f1"] == 1.0
