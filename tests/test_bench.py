@@ -301,6 +301,12 @@ def test_ablations_read_full_and_one_fold_runs(project, tmp_path, monkeypatch):
     assert any(g.startswith("- met: a fine-tuned transformer ≥ the plain Trainer at no more training time "
                             "(bert-base-uncased, fold 0's model alone") for g in goals)
     assert "Within the Trainer's training seconds: bert-base-uncased" in md
+    q["trainer_test_micro_f1"] = 0.735  # throughput measured, but no finished run of the speed config: not measured
+    speed = {"quality": q, "model": "minilm-1ep", "speed": {"train_samples_per_s": {"ratio": 2.0}}}
+    assert any(g.startswith("- not measured: training throughput") and g.endswith("speed config, minilm-1ep)")
+               for g in benchmarks_md.goals(speed))
+    q["runs"] = {"minilm-1ep": {"test": {"micro_f1": 0.72}}}
+    assert any(g.startswith("- not met: training throughput") for g in benchmarks_md.goals(speed))
     q["neural_at_trainer_cost"] = None  # nothing trained within the Trainer's seconds
     assert any(g.startswith("- not met: a fine-tuned transformer ≥ the plain Trainer at no more training time (none")
                for g in benchmarks_md.goals({"quality": q}))
