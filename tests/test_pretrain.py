@@ -164,3 +164,35 @@ def test_make_pretrains_before_a_run_on_the_pretrained_backbone(make_project):
                           (["pretrain", "MODEL=nope"], "unknown pretraining config 'nope'")):
         p = _make(root, *args)
         assert p.returncode != 0 and message in p.stderr, (args, p.stderr)
+
+
+def test_head_scores_only_the_masked_positions_with_the_same_loss_and_gradients(tiny_models):
+    """The pre-hook hands the LM head the masked positions alone: the loss and every gradient equal
+    those of the full-vocabulary logits of every position."""
+    import torch
+
+    from medalist.models.families import mlm
+
+    cfg = mlm.Config(backbone=str(tiny_models["bert"]), **MLM)
+    adapter = mlm.MaskedLMAdapter(cfg, str(tiny_models["bert"]))
+    hooked = adapter.build_model(0)
+    plain = mlm.untie(__import__("transformers").AutoModelForMaskedLM.from_pretrained(str(tiny_models["bert"])))
+    plain.load_state_dict(hooked.state_dict())  # the fresh LM head starts random: the same weights in both
+    items = adapter.make_items(pd.DataFrame({"text": make_texts(8, 3)[0]}), mlm.training.Stage(name="all"))
+    torch.manual_seed(0)
+    batch = adapter.collate(items)
+    assert (batch["labels"] != -100).sum() > 0
+
+    seen = []
+    mlm.lm_head(hooked).register_forward_hook(lambda m, a, out: seen.append(out.shape))
+    got = adapter.loss(hooked, batch)["loss"]
+    logits = plain(**{k: v for k, v in batch.items() if k != "labels"}).logits
+    masked = batch["labels"] != -100
+    want = torch.nn.functional.cross_entropy(logits[masked], batch["labels"][masked], reduction="sum") \
+        / masked.sum() * masked.shape[0]
+    assert seen == [torch.Size([int(masked.sum()), hooked.config.vocab_size])]  # masked rows only
+    torch.testing.assert_close(got, want)
+    got.backward(), want.backward()
+    for (name, p), q in zip(hooked.named_parameters(), plain.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, msg=name)
+    assert adapter._masked is None  # a later call outside loss() sees every position

@@ -9,6 +9,9 @@ grouped by length; each batch is padded and masked BERT-style (mlm_probability o
 80% [MASK], 10% a random token, 10% kept), the mask drawn from torch's generator, which the
 engine seeds per (seed, epoch) — so a resumed run masks as an uninterrupted one would.
 
+The language-model head scores only the masked positions (a pre-hook hands it their hidden
+states alone): a full-vocabulary projection of every token was most of a CPU step's time.
+
 Saved (save_pretrained): the masked-LM model — its encoder loads into
 AutoModelForSequenceClassification as any backbone does, and its head lets a later pretraining
 continue — and the tokenizer.
@@ -63,6 +66,15 @@ def untie(model):
     return model
 
 
+def lm_head(model):
+    """The language-model head of a transformers masked LM — its one child besides the encoder
+    (BERT's `cls`, RoBERTa's `lm_head`) — or None where the head is spread over several modules
+    (DistilBERT), which then scores every position."""
+    base = model.base_model
+    rest = [m for m in model.children() if m is not base]
+    return rest[0] if len(rest) == 1 else None
+
+
 class MaskedLMAdapter:
     """Token ids in, the masked tokens' cross-entropy out (no class labels)."""
 
@@ -79,6 +91,7 @@ class MaskedLMAdapter:
         multiple = 8 if torch.cuda.is_available() else None  # tensor cores like multiples of 8
         self._collate = DataCollatorForLanguageModeling(self.tok, mlm_probability=cfg.mlm_probability,
                                                         pad_to_multiple_of=multiple)
+        self._masked: torch.Tensor | None = None  # the batch's masked positions, while loss() runs the model
 
     def build_model(self, device_index: int):
         from transformers import AutoModelForMaskedLM
@@ -88,7 +101,17 @@ class MaskedLMAdapter:
         except (OSError, ValueError) as e:
             raise UserError(f"backbone '{self.cfg.backbone}' cannot be loaded as a masked LM "
                             f"({str(e).splitlines()[0]})") from None
+        head = lm_head(model)
+        if head is not None:  # a hook, not a wrapper: parameter names (stages' `trainable`) and saving stay as they are
+            head.register_forward_pre_hook(self._masked_only)
         return untie(model)
+
+    def _masked_only(self, module, args):
+        """The head's input cut to the masked positions: (rows, length, hidden) → (masked, hidden)."""
+        hidden, mask = args[0], self._masked
+        if mask is None or hidden.shape[:2] != mask.shape:
+            return None  # called otherwise (no batch of ours): the head sees every position
+        return (hidden[mask], *args[1:])
 
     def make_items(self, rows: pd.DataFrame, stage: training.Stage) -> list[dict]:
         enc = self.tok(texts(rows), truncation=True, max_length=stage.input_size or self.cfg.max_length,
@@ -104,11 +127,17 @@ class MaskedLMAdapter:
 
     def loss(self, model, batch: dict) -> dict[str, torch.Tensor]:
         labels = batch["labels"]
-        logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
         masked = labels != -100
+        self._masked = masked
+        try:
+            logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+        finally:
+            self._masked = None
+        if logits.dim() == 3:  # a model whose head the hook could not reach scored every position
+            logits = logits[masked]
         # mean over the masked tokens, times the rows: the engine divides a step's loss by its rows;
         # a batch that drew no mask adds nothing (instead of a 0/0)
-        ce = torch.nn.functional.cross_entropy(logits[masked].float(), labels[masked], reduction="sum")
+        ce = torch.nn.functional.cross_entropy(logits.float(), labels[masked], reduction="sum")
         return {"loss": ce / masked.sum().clamp(min=1) * labels.shape[0]}
 
     def save(self, acc, model, out_dir: Path) -> None:
