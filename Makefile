@@ -8,7 +8,7 @@ MAKEFLAGS += --no-builtin-rules
 
 # ---------------------------------------------------------------- knobs (make VAR=value)
 COMP     ?= demo#            competition: configs/competitions/$(COMP).yaml
-MODELS   ?=#                 runs to train / ensemble (configs/models/<m>.yaml); default: the competition's default_models
+MODELS   ?=#                 runs to train / ensemble (configs/models/<m>.yaml, or <m>+pseudo etc. for one run on its own sources); default: the competition's default_models
 USE_GEN  ?= 0#               1: train on every generated source too (runs get a +gen suffix)
 GEN      ?=#                 or some of them: e.g. aug,pseudo (of aug,llm,pseudo; runs get +aug+pseudo)
 TTA      ?= 1#               1: the ensemble reads each run's tta/ (used only where it helps OOF)
@@ -59,9 +59,10 @@ $(if $(filter-out 0 1,$(TTA)),$(error TTA must be 0 or 1, not '$(TTA)'))
 # `make submission` / `make predict` / `make pseudo`: a run is a model config's name, plus +gen
 # (USE_GEN=1) or the sources GEN named (+aug+pseudo)
 run_model = $(firstword $(subst +, ,$(1)))
-is_run    = $(and $(filter 1,$(words $(1))),$(call is_config,configs/models,$(call run_model,$(1))),$(if \
-  $(filter-out gen aug llm pseudo,$(wordlist 2,99,$(subst +, ,$(1)))),,ok))
-bad_run   = $(error unknown run '$(1)': no configs/models/$(call run_model,$(1)).yaml, or a suffix other than +gen +aug +llm +pseudo)
+run_srcs  = $(wordlist 2,99,$(subst +, ,$(1)))
+good_srcs = $(or $(call eq,gen,$(1)),$(call eq,$(1),$(filter $(1),aug llm pseudo)),$(if $(1),,ok))#  one order: one name per run
+is_run    = $(and $(filter 1,$(words $(1))),$(call is_config,configs/models,$(call run_model,$(1))),$(call good_srcs,$(call run_srcs,$(1))))
+bad_run   = $(error unknown run '$(1)': no configs/models/$(call run_model,$(1)).yaml, or a suffix other than +gen or some of +aug +llm +pseudo, each once and in this order)
 check_run = $(if $(RUN),,$(error $(1) needs RUN=<run>, e.g. make $(1) RUN=tfidf))$(if $(call is_run,$(RUN)),,$(call bad_run,$(RUN)))
 
 # How a model trains (in-process or under accelerate), which source files its runs depend on,
@@ -77,17 +78,21 @@ ifneq ($(filter-out help venv download check folds augment pretrain baseline sub
                     status tensorboard bench test clean,$(or $(MAKECMDGOALS),help)),)
 include $(MODELS_MK)
 $(if $(MODELS),,$(eval override MODELS := $(COMP_MODELS.$(COMP))))
-$(foreach m,$(MODELS),$(if $(MODEL_ERROR.$(m)),$(error $(MODEL_ERROR.$(m)))))
+$(foreach m,$(MODELS),$(if $(MODEL_ERROR.$(call run_model,$(m))),$(error $(MODEL_ERROR.$(call run_model,$(m))))))
 endif
-$(foreach m,$(MODELS),$(if $(call is_config,configs/models,$(m)),,$(error unknown model '$(m)': no configs/models/$(m).yaml)))
+$(foreach m,$(MODELS),$(if $(call is_config,configs/models,$(call run_model,$(m))),,$(error unknown model '$(m)': no configs/models/$(call run_model,$(m)).yaml))$(if \
+  $(call is_run,$(m)),,$(call bad_run,$(m))))
 # the folders too: adding or renaming a config changes their time, not the config's
 $(MODELS_MK): $(MODEL_CONFIGS) $(COMP_CONFIGS) configs/models configs/competitions $(wildcard configs/pretrain) \
               $(M)/models/registry.py $(M)/models/backbones.py | $(VENV)/.installed
 	$(PY) -m medalist.models.registry $@ $(MODEL_CONFIGS) $(COMP_CONFIGS)
 
+# A MODELS entry with a suffix of its own (minilm+pseudo) keeps it: one make can ensemble a run on
+# pseudo-labels beside plain ones. The others get USE_GEN's / GEN's suffix.
 GEN_SUFFIX := $(if $(filter 1,$(USE_GEN)),+gen,$(subst $(space),,$(addprefix +,$(GEN_LIST))))
-GEN_ARGS   := $(if $(filter 1,$(USE_GEN)),--use-gen,$(if $(GEN_LIST),--gen $(subst $(space),$(comma),$(GEN_LIST))))
-RUNS       := $(addsuffix $(GEN_SUFFIX),$(MODELS))
+run_suffix = $(patsubst $(call run_model,$(1))%,%,$(1))
+gen_args   = $(if $(filter +gen,$(1)),--use-gen,$(if $(1),--gen $(subst $(space),$(comma),$(wordlist 1,9,$(subst +, ,$(1))))))
+RUNS       := $(foreach m,$(MODELS),$(if $(findstring +,$(m)),$(m),$(m)$(GEN_SUFFIX)))
 R          := results/$(COMP)
 RAW        := data/raw/$(COMP)/.complete
 PROC       := data/processed/$(COMP)/train.csv
@@ -175,7 +180,7 @@ data/generated/$(COMP)/llm.csv: $(PROC) configs/generate.yaml $(M)/stages/genera
 	$(PY) -m medalist.stages.generate --comp $(COMP)
 
 $(GEN_TRAIN):
-	@echo "error: $(if $(GEN),GEN=$(GEN),USE_GEN=1) but $(GEN_TRAIN) does not exist: run \`make augment COMP=$(COMP)\`, \`make generate COMP=$(COMP)\` or \`make pseudo COMP=$(COMP) RUN=<run>\` first" >&2; exit 2
+	@echo "error: $(or $(filter %+gen %+aug %+llm %+pseudo,$(RUNS)),a run on generated rows) trains on generated rows but $(GEN_TRAIN) does not exist: run \`make augment COMP=$(COMP)\`, \`make generate COMP=$(COMP)\` or \`make pseudo COMP=$(COMP) RUN=<run>\` first" >&2; exit 2
 
 # Pseudo-labels: fold k's come from the teacher's fold-k models only (see stages/pseudo.py). The
 # teacher is RUN (checked names; make brings those runs up to date first) or, with RUN empty,
@@ -212,15 +217,18 @@ TRAIN.inprocess  = $(PY) -m medalist.stages.train
 TRAIN.accelerate = $(ACCELERATE) -m medalist.stages.train
 
 # A config the registry rejects fails only when its run is wanted (MODELS, or a goal needing it).
+# $(1): the config, $(2): the run's suffix (+gen, +aug+pseudo, or nothing).
 define RUN_RULE
-$(R)/$(1)$(GEN_SUFFIX)/metrics.json: configs/models/$(1).yaml $(PROC) $(if $(GEN_SUFFIX),$(GEN_TRAIN)) $(MODEL_SRC.$(1)) \
+$(R)/$(1)$(2)/metrics.json: configs/models/$(1).yaml $(PROC) $(if $(2),$(GEN_TRAIN)) $(MODEL_SRC.$(1)) \
   $(foreach p,$(MODEL_PRETRAIN.$(1)),$(R)/pretrain/$(p)/done.json) | $(VENV)/.installed
-	$$(if $$(MODEL_ERROR.$(1)),$$(error $$(MODEL_ERROR.$(1))))$$(TRAIN.$$(MODEL_LAUNCH.$(1))) --comp $(COMP) --model $(1) $(GEN_ARGS) $$(if $$(FOLDS),--folds "$$$$FOLDS")
-$(R)/$(1)$(GEN_SUFFIX)/tta/metrics.json: $(R)/$(1)$(GEN_SUFFIX)/metrics.json configs/tta.yaml $(M)/stages/tta.py $(M)/text/views.py \
+	$$(if $$(MODEL_ERROR.$(1)),$$(error $$(MODEL_ERROR.$(1))))$$(TRAIN.$$(MODEL_LAUNCH.$(1))) --comp $(COMP) --model $(1) $(call gen_args,$(2)) $$(if $$(FOLDS),--folds "$$$$FOLDS")
+$(R)/$(1)$(2)/tta/metrics.json: $(R)/$(1)$(2)/metrics.json configs/tta.yaml $(M)/stages/tta.py $(M)/text/views.py \
   $(M)/text/math_spans.py $(M)/text/augmenters.py | $(VENV)/.installed
-	$(PY) -m medalist.stages.tta --comp $(COMP) --run $(1)$(GEN_SUFFIX)
+	$(PY) -m medalist.stages.tta --comp $(COMP) --run $(1)$(2)
 endef
-$(foreach m,$(basename $(notdir $(MODEL_CONFIGS))),$(eval $(call RUN_RULE,$(m))))
+$(foreach m,$(basename $(notdir $(MODEL_CONFIGS))),$(eval $(call RUN_RULE,$(m),$(GEN_SUFFIX))))
+$(foreach r,$(sort $(filter-out $(addsuffix $(GEN_SUFFIX),$(basename $(notdir $(MODEL_CONFIGS)))),$(RUNS))),$(eval \
+  $(call RUN_RULE,$(call run_model,$(r)),$(call run_suffix,$(r)))))
 
 predict: | $(VENV)/.installed ## RUN=<run> [CKPT=dir]: test probabilities from saved weights → submission/<comp>/<run>.csv
 	$(call check_run,predict)

@@ -177,3 +177,22 @@ def test_make_knows_gen_and_pseudo(make_project):
         p = _make(root, "-n", "pseudo", *args)
         assert p.returncode != 0 and message in p.stderr, (args, p.stderr)
     assert not (root / "INJECTED").exists()
+
+
+def test_make_ensembles_a_run_on_pseudo_labels_beside_plain_ones(make_project):
+    """A MODELS entry with its own suffix keeps it: the plain runs and minilm+pseudo in one ensemble."""
+    root = make_project
+    p = _make(root, "-n", "all", "MODELS=tfidf minilm+pseudo")
+    assert p.returncode == 0, p.stderr
+    train = [ln.strip() for ln in p.stdout.splitlines() if "medalist.stages.train" in ln]
+    assert train[0].endswith("--model tfidf") and train[1].endswith("--model minilm --gen pseudo"), train
+    assert "medalist.stages.tta --comp demo --run minilm+pseudo" in p.stdout
+    assert 'medalist.stages.ensemble --comp demo --runs "tfidf minilm+pseudo" --tta' in p.stdout
+    p = _make(root, "-n", "all", "MODELS=tfidf minilm+pseudo", "USE_GEN=1")  # the others get USE_GEN's suffix
+    assert p.returncode == 0, p.stderr
+    assert 'stages.ensemble --comp demo --runs "tfidf+gen minilm+pseudo" --tta' in p.stdout
+    for bad in ("minilm+pseudo+aug", "minilm+gen+aug", "minilm+aug+aug", "minilm+typo"):
+        p = _make(root, "-n", "train", f"MODELS=tfidf {bad}")
+        assert p.returncode != 0 and f"unknown run '{bad}'" in p.stderr, (bad, p.stderr)
+    p = _make(root, "-n", "train", "MODELS=nope+pseudo")
+    assert p.returncode != 0 and "unknown model 'nope+pseudo': no configs/models/nope.yaml" in p.stderr
