@@ -33,6 +33,8 @@ ABLATIONS = (
     ("cheap member: TF-IDF + SGD", "tfidf-sgd", "make train MODELS=tfidf-sgd"),
     ("pseudo-labels", "tfidf-sgd+pseudo",
      "make pseudo RUN='tfidf minilm' && make train MODELS=tfidf-sgd GEN=pseudo"),
+    ("pseudo-labels, MiniLM student", "minilm+pseudo",
+     "make pseudo RUN='tfidf minilm' && make train MODELS=minilm+pseudo"),
     ("MiniLM fine-tune (CPU defaults)", "minilm", "make train MODELS=minilm FOLDS=0"),
     ("seed averaging (minilm, 3 seeds)", "minilm-3seeds", "make train MODELS=minilm-3seeds FOLDS=0"),
     ("in-domain pretraining (minilm-dapt)", "minilm-dapt", "make pretrain MODEL=minilm && make train MODELS=minilm-dapt FOLDS=0"),

@@ -210,6 +210,7 @@ def test_tta_is_off_when_it_hurts_and_tta_files_equal_plain(tiny_run, monkeypatc
         return [[" ".join([VOCAB[(_class_of(t) + 1) % 3]] * 4 + [t])] * cfg.nlpaug_k for t in texts]
 
     monkeypatch.setattr(tta, "nlpaug_views", wrong_views)
+    monkeypatch.setattr(tta, "load_config", lambda: tta.TTAConfig(views=("nlpaug",)))  # tfidf has no length views
     out = tta.run("tiny", "tfidf")
     m = read_json(out / "metrics.json")
     assert m["use_tta"] is False and m["gain"] < 0 and m["views"] == ["original", "nlpaug"]

@@ -61,7 +61,7 @@ class ImageTTA:
 
 @dataclasses.dataclass(frozen=True)
 class TTAConfig:
-    views: tuple[View, ...] = ("head", "tail", "window", "nlpaug")
+    views: tuple[View, ...] = ("head", "tail", "window")  # + "nlpaug": k augmented copies of every text
     nlpaug_k: Annotated[int, NonNegative] = 2
     augmenters: tuple[Augmenter, ...] = (Augmenter("synonym"),)
     window_stride: Annotated[float, Range(gt=0, le=1)] = 0.5
