@@ -74,7 +74,7 @@ M             := src/medalist
 MODELS_MK     := .make/models.mk
 MODEL_CONFIGS := $(wildcard configs/models/*.yaml)
 COMP_CONFIGS  := $(wildcard configs/competitions/*.yaml)
-ifneq ($(filter-out help venv download check folds augment pretrain baseline submission predict score submit \
+ifneq ($(filter-out help venv download pretrain baseline submission predict score submit \
                     status tensorboard bench test clean,$(or $(MAKECMDGOALS),help)),)
 include $(MODELS_MK)
 $(if $(MODELS),,$(eval override MODELS := $(COMP_MODELS.$(COMP))))
@@ -82,6 +82,13 @@ $(foreach m,$(MODELS),$(if $(MODEL_ERROR.$(call run_model,$(m))),$(error $(MODEL
 endif
 $(foreach m,$(MODELS),$(if $(call is_config,configs/models,$(call run_model,$(m))),,$(error unknown model '$(m)': no configs/models/$(call run_model,$(m)).yaml))$(if \
   $(call is_run,$(m)),,$(call bad_run,$(m))))
+# The registry also writes $(STAMPS)/: data.json (the competition config less model_overrides and
+# default_models: what checks, folds and pseudo-labels depend on) and override.<model>.json (what
+# that model's runs depend on), each touched only when its content changes. A stamp is remade here
+# only when missing; a config edit reaches it through the include above.
+STAMPS        := .make/stamps/$(COMP)
+$(STAMPS)/%.json: | $(VENV)/.installed
+	@test -e $@ || $(PY) -m medalist.models.registry $(MODELS_MK) $(MODEL_CONFIGS) $(COMP_CONFIGS) && test -e $@
 # the folders too: adding or renaming a config changes their time, not the config's
 $(MODELS_MK): $(MODEL_CONFIGS) $(COMP_CONFIGS) configs/models configs/competitions $(wildcard configs/pretrain) \
               $(M)/models/registry.py $(M)/models/backbones.py | $(VENV)/.installed
@@ -161,11 +168,11 @@ $(RAW): $(if $(COMP_DIR)$(COMP_ZIP),FORCE) | $(VENV)/.installed
 	$(PY) -m medalist.stages.download --comp $(COMP) --dir "$$COMP_DIR" --zip "$$COMP_ZIP"
 
 check: $(CHECKS) ## audit train/test: duplicates, HTML, LaTeX, links, lengths, tokens; images: unreadable, sizes, pHash duplicates, samples; adversarial AUC
-$(CHECKS): $(RAW) configs/competitions/$(COMP).yaml $(M)/stages/checks.py $(M)/text/clean.py $(M)/image/audit.py $(M)/image/dedup.py | $(VENV)/.installed
+$(CHECKS): $(RAW) $(STAMPS)/data.json $(M)/stages/checks.py $(M)/text/clean.py $(M)/image/audit.py $(M)/image/dedup.py | $(VENV)/.installed
 	$(PY) -m medalist.stages.checks --comp $(COMP)
 
 folds: $(PROC) ## clean text once; stratified k folds grouped by (near-)duplicates
-$(PROC): $(RAW) configs/competitions/$(COMP).yaml $(M)/stages/folds.py $(M)/text/clean.py $(M)/text/dedup.py $(M)/image/dedup.py | $(VENV)/.installed
+$(PROC): $(RAW) $(STAMPS)/data.json $(M)/stages/folds.py $(M)/text/clean.py $(M)/text/dedup.py $(M)/image/dedup.py | $(VENV)/.installed
 	$(PY) -m medalist.stages.folds --comp $(COMP)
 
 # ---------------------------------------------------------------- synthetic data
@@ -195,7 +202,7 @@ $(shell mkdir -p data/generated/$(COMP) && { echo '$(PSEUDO_RUNS)' | cmp -s - $(
 endif
 pseudo: $(PSEUDO) ## RUN="<run> …": the teacher's confident test predictions, fold by fold → pseudo.csv (train with GEN=pseudo)
 $(PSEUDO): $(PSEUDO_STAMP) $(foreach r,$(PSEUDO_RUNS),$(R)/$(r)/metrics.json) $(if $(PSEUDO_RUNS),,FORCE) $(PROC) \
-  configs/pseudo.yaml configs/competitions/$(COMP).yaml $(M)/stages/pseudo.py $(M)/core/generated.py $(M)/text/dedup.py | $(VENV)/.installed
+  configs/pseudo.yaml $(STAMPS)/data.json $(M)/stages/pseudo.py $(M)/core/generated.py $(M)/text/dedup.py | $(VENV)/.installed
 	$(PY) -m medalist.stages.pseudo --comp $(COMP) --runs "$(PSEUDO_RUNS)"
 
 # ---------------------------------------------------------------- in-domain pretraining
@@ -219,7 +226,7 @@ TRAIN.accelerate = $(ACCELERATE) -m medalist.stages.train
 # A config the registry rejects fails only when its run is wanted (MODELS, or a goal needing it).
 # $(1): the config, $(2): the run's suffix (+gen, +aug+pseudo, or nothing).
 define RUN_RULE
-$(R)/$(1)$(2)/metrics.json: configs/models/$(1).yaml $(PROC) $(if $(2),$(GEN_TRAIN)) $(MODEL_SRC.$(1)) \
+$(R)/$(1)$(2)/metrics.json: configs/models/$(1).yaml $(STAMPS)/override.$(1).json $(PROC) $(if $(2),$(GEN_TRAIN)) $(MODEL_SRC.$(1)) \
   $(foreach p,$(MODEL_PRETRAIN.$(1)),$(R)/pretrain/$(p)/done.json) | $(VENV)/.installed
 	$$(if $$(MODEL_ERROR.$(1)),$$(error $$(MODEL_ERROR.$(1))))$$(TRAIN.$$(MODEL_LAUNCH.$(1))) --comp $(COMP) --model $(1) $(call gen_args,$(2)) $$(if $$(FOLDS),--folds "$$$$FOLDS")
 $(R)/$(1)$(2)/tta/metrics.json: $(R)/$(1)$(2)/metrics.json configs/tta.yaml $(M)/stages/tta.py $(M)/text/views.py \

@@ -43,6 +43,14 @@ def test_make_all_then_nothing_then_only_what_changed(make_project):
     assert make(root, "-q", "all", check=False).returncode == 0
     assert stages(make(root, "all").stdout) == []
 
+    # the competition config: a comment reruns nothing, one model's override retrains that model alone
+    cfg = root / "configs/competitions/demo.yaml"
+    cfg.write_text(cfg.read_text() + "# a note\n")
+    assert stages(make(root, "-n", "all").stdout) == []
+    cfg.write_text(cfg.read_text() + "model_overrides: {tfidf: {C: 5.0}, embed: {epochs: 1}}\n")
+    assert sorted(stages(make(root, "-n", "all").stdout)) == ["ensemble", "evaluate", "report", "train", "tta"]
+    assert "--model tfidf" in make(root, "all").stdout
+
     later = time.time() + 5
     os.utime(root / "configs/ensemble.yaml", (later, later))
     assert stages(make(root, "-n", "all").stdout) == ["ensemble", "report"]
@@ -52,6 +60,9 @@ def test_make_all_then_nothing_then_only_what_changed(make_project):
     rerun = stages(make(root, "-n", "all").stdout)
     assert "train" in rerun and "ensemble" in rerun and "report" in rerun
     assert not {"download", "checks", "folds"} & set(rerun)
+    # …and an edit to how folds are made reruns the data stages and what follows them
+    cfg.write_text(cfg.read_text().replace("seed: 42, near_dup", "seed: 7, near_dup"))
+    assert stages(make(root, "-n", "all").stdout)[:2] == ["checks", "folds"]
 
 
 def test_killed_stage_leaves_no_finished_target(make_project):

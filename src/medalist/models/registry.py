@@ -3,11 +3,18 @@ source files a run of it depends on. The Makefile learns all of this from here (
 `.make/models.mk` that `make_include` writes), never by parsing YAML itself.
 
 Run     python -m medalist.models.registry .make/models.mk configs/models/*.yaml   (the Makefile does)
+
+It also writes `.make/stamps/<comp>/`: `data.json` (the competition config less the keys only runs
+read) and `override.<model>.json` (that model's `model_overrides` entry), each rewritten only when
+its content changes, so an edit to one model's override retrains that model's runs alone and an
+edit to the folds or cleaning reruns the data stages and everything after them.
 """
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import importlib
+import json
 import re
 import sys
 from pathlib import Path
@@ -168,13 +175,43 @@ def make_include(configs: list[Path]) -> str:
     return "\n".join(lines) + "\n"
 
 
+# keys of a competition config that only runs read: editing them must not redo folds or checks
+RUN_ONLY_KEYS = ("model_overrides", "default_models")
+
+
+def _stamp(path: Path, obj: object) -> None:
+    text = json.dumps(obj, indent=1, sort_keys=True, default=str) + "\n"
+    if not (path.exists() and path.read_text(encoding="utf-8") == text):
+        write_text(path, text)
+
+
+def write_stamps(stamps: Path, configs: list[Path]) -> None:
+    """Per competition config, the stamps the Makefile's data stages and runs depend on. A config
+    that does not parse stamps its bytes' hash everywhere: the stage that reads it says what is wrong."""
+    models = sorted(p.stem for p in configs if p.parent.name != "competitions")
+    for path in sorted(p for p in configs if p.parent.name == "competitions"):
+        try:
+            raw = C.load_yaml(path)
+            overrides = raw.get("model_overrides") or {}
+            if not isinstance(overrides, dict):
+                raise UserError("model_overrides is not a mapping")
+        except UserError:
+            raw = {"sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+            overrides = {m: raw for m in models}
+        _stamp(stamps / path.stem / "data.json", {k: v for k, v in raw.items() if k not in RUN_ONLY_KEYS})
+        for m in models:
+            _stamp(stamps / path.stem / f"override.{m}.json", overrides.get(m))
+
+
 @C.cli
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     if not args:
         raise UserError("usage: python -m medalist.models.registry OUT.mk configs/models/*.yaml "
                         "configs/competitions/*.yaml")
-    write_text(Path(args[0]), make_include([Path(a) for a in args[1:]]))
+    configs = [Path(a) for a in args[1:]]
+    write_stamps(Path(args[0]).parent / "stamps", configs)
+    write_text(Path(args[0]), make_include(configs))
 
 
 if __name__ == "__main__":
