@@ -116,6 +116,7 @@ def render(res: dict) -> str:
         L += ["## Quality (test set, scored against the answers)", "",
               "| what | test micro-F1 | test macro-F1 | OOF | train s | predict s |", "|---|---|---|---|---|---|"]
         for name, e in q["references"].items():
+            name += f" ({e['carried']})" if e.get("carried") else ""
             L.append(f"| reference: {name} | {fmt(e['test']['micro_f1'])} | {fmt(e['test']['macro_f1'])} | — | "
                      f"{fmt(e.get('train_seconds'), 1)} | {fmt(e.get('predict_seconds'), 1)} |")
         for name, e in q["runs"].items():

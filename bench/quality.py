@@ -130,15 +130,29 @@ def measured_on(entry: dict, resolved: dict, n_folds: int) -> str:
     return f"all {n_folds} folds" + (f", at most {cap} train rows a fold" if cap else "")
 
 
-def ablations(answers: Answers, comp, work: Path) -> dict:
-    """One row per technique of ABLATIONS (None where its run is not there: the command makes it),
-    and the ensemble of those finished on every fold (medalist.stages.ensemble, no TTA)."""
+def carried(previous: dict | None, stamp: dict | None) -> str:
+    """Where a figure kept from the last results.json was measured."""
+    s = stamp or {}
+    return f"measured at git {s.get('git_sha', '?')}, {s.get('date', '?')}; its run is not in results/ now"
+
+
+def ablations(answers: Answers, comp, work: Path, previous: dict | None = None, stamp: dict | None = None) -> dict:
+    """One row per technique of ABLATIONS, and the ensemble of those finished on every fold
+    (medalist.stages.ensemble, no TTA). A technique whose run is not there now keeps the row the
+    last results.json had for that run (saying where it was measured), or is "not measured" with
+    the command that makes it: a bench on a fresh checkout never erases a measurement it cannot redo."""
     res = C.root() / "results" / comp.name
     n_folds = comp.folds.n
+    before = {e["run"]: (what, e) for what, e in ((previous or {}).get("rows") or {}).items() if e.get("measured")}
     rows, full = {}, []
     for what, run, how in ABLATIONS:
         d = res / run
         entry = run_entry(answers, d) if (d / "metrics.json").exists() else fold_entry(answers, d, n_folds)
+        if entry is None and run in before:
+            old_what, old = before[run]
+            note = old.get("carried") or carried(previous, stamp)
+            rows[old_what] = {**old, "carried": note, "measured_on": f"{old['measured_on'].split(' (measured at')[0]} ({note})"}
+            continue
         if entry is None:
             rows[what] = {"run": run, "measured": False, "how": f"{how} COMP={comp.name}"}
             continue
@@ -223,7 +237,9 @@ def trainer_full(args, data: dict, work: Path) -> dict | None:
     return {**read_json(out / "metrics.json"), **read_json(out / "process.json"), "dir": str(out)}
 
 
-def part_quality(args, comp, data: dict, work: Path) -> dict:
+def part_quality(args, comp, data: dict, work: Path, previous: dict | None = None, stamp: dict | None = None) -> dict:
+    """previous / stamp: the last results.json's quality part and where it was measured (figures
+    whose inputs are gone from results/ are kept from it, marked)."""
     answers = Answers(comp, data["answers"])
     res = C.root() / "results" / comp.name
     runs: dict[str, dict] = {}
@@ -263,14 +279,18 @@ def part_quality(args, comp, data: dict, work: Path) -> dict:
     refs["tfidf (bench/tfidf_baseline.py)"] = {"test": answers.score_proba(tf_out / "test.csv"),
                                                **read_json(tf_out / "metrics.json"), **read_json(tf_out / "process.json")}
     tr = trainer_full(args, data, work)
+    trainer_key = "HF Trainer (bench/trainer_baseline.py)"
     if tr is not None:
-        refs["HF Trainer (bench/trainer_baseline.py)"] = {"test": answers.score_proba(Path(tr["dir"]) / "test.csv"), **tr}
+        refs[trainer_key] = {"test": answers.score_proba(Path(tr["dir"]) / "test.csv"), **tr}
+    elif trainer_key in ((previous or {}).get("references") or {}):
+        old = previous["references"][trainer_key]
+        refs[trainer_key] = {**old, "carried": old.get("carried") or carried(previous, stamp).replace("its run", "its cache")}
 
     singles = [(n, e["test"]["micro_f1"]) for n, e in runs.items()] + \
               [(n + " + TTA", e["tta"]["test"]["micro_f1"]) for n, e in runs.items() if "tta" in e]
     main_ens = ensembles.get("plain + TTA") or ensembles.get("plain")
     trainer = refs.get("HF Trainer (bench/trainer_baseline.py)")
-    abl = ablations(answers, comp, work)
+    abl = ablations(answers, comp, work, (previous or {}).get("ablations"), stamp)
     cands = neural_candidates(answers, runs, abl["rows"], res, comp.folds.n)
     neural_run, neural = best_neural(cands)
     rival_run, rival = best_neural(cands, trainer["train_seconds"] if trainer else None)

@@ -163,6 +163,7 @@ def main(argv: list[str] | None = None) -> None:
     res.update({"git_sha": C.git_sha(), "date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine()})
     if text_parts:  # the text parts' keys stay as they were when only the images part runs
         res.update({"comp": comp.name, "answers": str(a.answers), "model": a.model})
+    before = dict(stamps)
     stamps.update({part: {"git_sha": res["git_sha"], "date": res["date"], "machine": res["machine"]}
                    for part in a.parts})
     if "growth" in a.parts:
@@ -171,7 +172,7 @@ def main(argv: list[str] | None = None) -> None:
         test_sizes = sorted({min(n, n_test) for n in sizes})
 
     if "quality" in a.parts:
-        res["quality"] = part_quality(a, comp, data, work)
+        res["quality"] = part_quality(a, comp, data, work, res.get("quality"), before.get("quality"))
     if "speed" in a.parts:
         res["speed"] = part_speed(a, data, work, test_sizes if "growth" in a.parts else [])
     if "growth" in a.parts:

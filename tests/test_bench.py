@@ -271,6 +271,23 @@ def test_ablations_read_full_and_one_fold_runs(project, tmp_path, monkeypatch):
     assert not rows["tfidf-svm"]["measured"] and "make train MODELS=tfidf-svm COMP=math-subjects" == rows["tfidf-svm"]["how"]
     assert abl["ensemble"] is None  # ensemble_variant is not run here
 
+    # a fresh checkout: a run gone from results/ keeps the last results.json's row, saying where it
+    # was measured; a run that is there now is scored afresh; an unmeasured one stays unmeasured
+    old_svm = {"run": "tfidf-svm", "measured": True, "test": {"micro_f1": 0.7794, "macro_f1": 0.78}, "oof_score": 0.77,
+               "train_seconds": 50.0, "measured_on": "all 5 folds"}
+    old_tfidf = {**old_svm, "run": "tfidf", "test": {"micro_f1": 0.1, "macro_f1": 0.1}}
+    prev = {"rows": {"cheap member: TF-IDF + linear SVM": old_svm, "TF-IDF + logistic regression": old_tfidf}}
+    again = quality.ablations(quality.Answers(comp, answers), comp, tmp_path / "w", prev,
+                              {"git_sha": "abc1234", "date": "2026-12-03 13:09"})
+    kept = {e["run"]: e for e in again["rows"].values()}
+    assert kept["tfidf-svm"]["test"]["micro_f1"] == 0.7794
+    assert kept["tfidf-svm"]["measured_on"] == ("all 5 folds (measured at git abc1234, 2026-12-03 13:09; "
+                                                "its run is not in results/ now)")
+    assert kept["tfidf"]["test"]["micro_f1"] == 0.8 and "carried" not in kept["tfidf"]
+    assert not kept["tfidf-nbsvm"]["measured"]
+    twice = quality.ablations(quality.Answers(comp, answers), comp, tmp_path / "w", again, {"git_sha": "later"})
+    assert {e["run"]: e for e in twice["rows"].values()}["tfidf-svm"]["measured_on"] == kept["tfidf-svm"]["measured_on"]
+
     # a neural run finished on every fold (5 models, 3000 s) and its fold-0 model alone (600 s)
     config("bert-base-uncased", "encoder")
     _proba_csv(res / "bert-base-uncased" / "test.csv", ids, y, k=7)
