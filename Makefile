@@ -186,20 +186,31 @@ data/generated/$(COMP)/llm.csv: $(PROC) configs/generate.yaml $(M)/stages/genera
   $(M)/text/clean.py $(M)/text/dedup.py $(R)/tfidf/metrics.json | $(VENV)/.installed
 	$(PY) -m medalist.stages.generate --comp $(COMP)
 
-$(GEN_TRAIN):
-	@echo "error: $(or $(filter %+gen %+aug %+llm %+pseudo,$(RUNS)),a run on generated rows) trains on generated rows but $(GEN_TRAIN) does not exist: run \`make augment COMP=$(COMP)\`, \`make generate COMP=$(COMP)\` or \`make pseudo COMP=$(COMP) RUN=<run>\` first" >&2; exit 2
-
 # Pseudo-labels: fold k's come from the teacher's fold-k models only (see stages/pseudo.py). The
 # teacher is RUN (checked names; make brings those runs up to date first) or, with RUN empty,
 # `teacher:` in configs/pseudo.yaml — which make cannot see, so then the stage always runs.
 PSEUDO       := data/generated/$(COMP)/pseudo.csv
 PSEUDO_STAMP := data/generated/$(COMP)/.pseudo_teacher
 PSEUDO_RUNS  :=#  RUN once checked, and only for this goal: another goal's RUN never reaches a rule line
+# A MODELS entry on pseudo-labels (minilm+pseudo) with no pseudo.csv yet is taught by the plain
+# runs of MODELS: `make all MODELS="tfidf minilm minilm+pseudo"` trains tfidf and minilm, labels
+# with their mean, then trains the student. An existing pseudo.csv is used as it is (its rows name
+# their teacher); `make pseudo RUN=…` remakes it.
+STUDENTS     := $(foreach m,$(MODELS),$(if $(filter pseudo,$(call run_srcs,$(m))),$(m)))#  own suffix only (not GEN=pseudo)
+AUTO_PSEUDO  :=
 ifneq ($(filter pseudo $(PSEUDO),$(MAKECMDGOALS)),)
 $(foreach r,$(RUN),$(if $(call is_run,$(r)),,$(call bad_run,$(r))))
 PSEUDO_RUNS  := $(RUN)
+else ifneq ($(and $(STUDENTS),$(if $(wildcard $(PSEUDO)),,missing)),)
+PSEUDO_RUNS  := $(strip $(foreach r,$(RUNS),$(if $(findstring +,$(r)),,$(r))))
+$(if $(PSEUDO_RUNS),,$(error $(firstword $(STUDENTS)) trains on pseudo-labels but $(PSEUDO) does not exist and MODELS has no plain run to teach it: add one (MODELS="tfidf $(firstword $(STUDENTS))") or run `make pseudo COMP=$(COMP) RUN=<run>` first))
+AUTO_PSEUDO  := $(PSEUDO)
+endif
+ifneq ($(PSEUDO_RUNS)$(filter pseudo $(PSEUDO),$(MAKECMDGOALS)),)
 $(shell mkdir -p data/generated/$(COMP) && { echo '$(PSEUDO_RUNS)' | cmp -s - $(PSEUDO_STAMP) || echo '$(PSEUDO_RUNS)' > $(PSEUDO_STAMP); })
 endif
+$(GEN_TRAIN): $(AUTO_PSEUDO)
+	@test -e $@ || { echo "error: $(or $(filter %+gen %+aug %+llm %+pseudo,$(RUNS)),a run on generated rows) trains on generated rows but $(GEN_TRAIN) does not exist: run \`make augment COMP=$(COMP)\`, \`make generate COMP=$(COMP)\` or \`make pseudo COMP=$(COMP) RUN=<run>\` first" >&2; exit 2; }
 pseudo: $(PSEUDO) ## RUN="<run> …": the teacher's confident test predictions, fold by fold → pseudo.csv (train with GEN=pseudo)
 $(PSEUDO): $(PSEUDO_STAMP) $(foreach r,$(PSEUDO_RUNS),$(R)/$(r)/metrics.json) $(if $(PSEUDO_RUNS),,FORCE) $(PROC) \
   configs/pseudo.yaml $(STAMPS)/data.json $(M)/stages/pseudo.py $(M)/core/generated.py $(M)/text/dedup.py | $(VENV)/.installed

@@ -180,14 +180,26 @@ def test_make_knows_gen_and_pseudo(make_project):
 
 
 def test_make_ensembles_a_run_on_pseudo_labels_beside_plain_ones(make_project):
-    """A MODELS entry with its own suffix keeps it: the plain runs and minilm+pseudo in one ensemble."""
+    """A MODELS entry with its own suffix keeps it: the plain runs and minilm+pseudo in one ensemble.
+    With no pseudo.csv yet, the plain runs of MODELS teach it (trained first, then pseudo, then the
+    student); an existing pseudo.csv is used as it is."""
     root = make_project
-    p = _make(root, "-n", "all", "MODELS=tfidf minilm+pseudo")
+    p = _make(root, "-n", "all", "MODELS=tfidf embed minilm+pseudo")
     assert p.returncode == 0, p.stderr
-    train = [ln.strip() for ln in p.stdout.splitlines() if "medalist.stages.train" in ln]
-    assert train[0].endswith("--model tfidf") and train[1].endswith("--model minilm --gen pseudo"), train
+    steps = [ln.strip() for ln in p.stdout.splitlines() if "medalist.stages.train" in ln or "stages.pseudo" in ln]
+    assert steps[0].endswith("--model tfidf") and steps[1].endswith("--model embed"), steps
+    assert steps[2].endswith('medalist.stages.pseudo --comp demo --runs "tfidf embed"'), steps
+    assert steps[3].endswith("--model minilm --gen pseudo"), steps
     assert "medalist.stages.tta --comp demo --run minilm+pseudo" in p.stdout
-    assert 'medalist.stages.ensemble --comp demo --runs "tfidf minilm+pseudo" --tta' in p.stdout
+    assert 'medalist.stages.ensemble --comp demo --runs "tfidf embed minilm+pseudo" --tta' in p.stdout
+    p = _make(root, "-n", "train", "MODELS=minilm+pseudo")
+    assert p.returncode != 0 and "no plain run to teach it" in p.stderr and len(p.stderr.strip().splitlines()) == 1
+    p = _make(root, "-n", "all", "MODELS=tfidf minilm+pseudo", "USE_GEN=1")  # tfidf+gen would learn from its own labels
+    assert p.returncode != 0 and "no plain run to teach it" in p.stderr
+    (root / "data/generated/demo").mkdir(parents=True, exist_ok=True)
+    (root / "data/generated/demo/pseudo.csv").write_text("id,text,label,source,parent_id,folds\n")
+    p = _make(root, "-n", "all", "MODELS=tfidf minilm+pseudo")
+    assert p.returncode == 0 and "stages.pseudo" not in p.stdout, p.stderr
     p = _make(root, "-n", "all", "MODELS=tfidf minilm+pseudo", "USE_GEN=1")  # the others get USE_GEN's suffix
     assert p.returncode == 0, p.stderr
     assert 'stages.ensemble --comp demo --runs "tfidf+gen minilm+pseudo" --tta' in p.stdout
