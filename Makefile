@@ -196,7 +196,7 @@ PSEUDO_RUNS  :=#  RUN once checked, and only for this goal: another goal's RUN n
 # runs of MODELS: `make all MODELS="tfidf minilm minilm+pseudo"` trains tfidf and minilm, labels
 # with their mean, then trains the student. An existing pseudo.csv is used as it is (its rows name
 # their teacher); `make pseudo RUN=…` remakes it.
-STUDENTS     := $(foreach m,$(MODELS),$(if $(filter pseudo,$(call run_srcs,$(m))),$(m)))#  own suffix only (not GEN=pseudo)
+STUDENTS     := $(strip $(foreach m,$(MODELS),$(if $(filter pseudo,$(call run_srcs,$(m))),$(m))))#  own suffix only (not GEN=pseudo)
 AUTO_PSEUDO  :=
 ifneq ($(filter pseudo $(PSEUDO),$(MAKECMDGOALS)),)
 $(foreach r,$(RUN),$(if $(call is_run,$(r)),,$(call bad_run,$(r))))
