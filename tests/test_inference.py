@@ -93,6 +93,19 @@ def test_bf16_prediction_on_a_native_cpu_keeps_the_predicted_classes():
     assert (low.argmax(1) == ref.argmax(1)).float().mean() >= 0.95
 
 
+@pytest.mark.parametrize("avx512_bf16, amx, onednn, native", [
+    (False, False, True, False),  # AVX512 alone: oneDNN emulates bf16 (3.7x slower training seen here)
+    (True, False, True, True), (False, True, True, True), (True, True, False, False)])
+def test_native_cpu_bf16_needs_avx512_bf16_or_amx_not_only_onednn(monkeypatch, avx512_bf16, amx, onednn, native):
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: True)
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: onednn)
+    assert inference.cpu_bf16_native() is native
+    assert inference.bf16_enabled(torch.device("cpu"), cpu_bf16=True) is native
+    assert inference.bf16_enabled(torch.device("cpu"), cpu_bf16=False) is False
+
+
 def test_cpu_bf16_training_is_taken_only_where_asked_for_and_native(monkeypatch):
     from medalist.models import engine
 

@@ -21,9 +21,13 @@ import torch
 
 
 def cpu_bf16_native() -> bool:
-    """Whether this CPU computes bf16 natively (oneDNN's own test: AVX512-BF16 or AMX)."""
+    """Whether this CPU computes bf16 natively: AVX512-BF16 or AMX, as torch's CPU feature tests say.
+    oneDNN's own bf16 test is not enough: it says yes for any AVX512 CPU, where bf16 is emulated —
+    on an Ice Lake Xeon (AVX512, no AVX512-BF16) a MiniLM train step took 5.4 s in bf16 against
+    1.45 s in fp32 (batch 32 x 128 tokens, 2 cores)."""
     try:
-        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+        return bool(native and torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
         return False
 
