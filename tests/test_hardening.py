@@ -153,6 +153,18 @@ def test_another_or_changed_source_is_noticed(project, capsys):
     assert f"holds the files from COMP_DIR={a.resolve()}, not from COMP_DIR={b.resolve()}" in err
     assert "`rm -rf data/raw/demo` and rerun" in err
 
+    # the same bytes copied again (new modification times) are the same source
+    for f in a.iterdir():
+        os.utime(f, ns=(f.stat().st_atime_ns, f.stat().st_mtime_ns + 10**9))
+    download.main(["--comp", "demo", "--dir", str(a)])
+    assert "already complete" in capsys.readouterr().out
+    stamp = json.loads((raw / ".complete").read_text())
+    del stamp["content"]  # a stamp written before contents were hashed: compared with data/raw's copies
+    (raw / ".complete").chmod(0o644)
+    (raw / ".complete").write_text(json.dumps(stamp))
+    download.main(["--comp", "demo", "--dir", str(a)])
+    assert "already complete" in capsys.readouterr().out
+
     (a / "test.csv").write_text(FILES["test.csv"] + "t4,More\n")
     err = _fail(download.main, ["--comp", "demo", "--dir", str(a)], capsys)
     assert f"COMP_DIR={a.resolve()} changed since data/raw/demo was made from it" in err

@@ -135,33 +135,59 @@ def _fetch(comp: Competition, comp_dir: Path | None, comp_zip: Path | None, stag
     return origin
 
 
-def _origin_of(comp_dir: Path | None, comp_zip: Path | None) -> dict:
-    """A COMP_DIR / COMP_ZIP as the stamp records it: absolute path and a fingerprint of its
-    files' names, sizes and modification times, so an edited source is noticed without reading it."""
+def _origin_of(comp_dir: Path | None, comp_zip: Path | None, content: bool = True) -> dict:
+    """A COMP_DIR / COMP_ZIP as the stamp records it: absolute path, a fingerprint of its files'
+    names, sizes and modification times (an unchanged source is recognised without reading it) and
+    the hash of their contents (a source copied again, same bytes with new times, is still the same)."""
     path = Path(comp_dir or comp_zip).resolve()
     what = "COMP_DIR" if comp_dir is not None else "COMP_ZIP"
     h = hashlib.sha256()
+    for rel, p in _source_files(path):
+        st = p.stat()
+        h.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    origin = {"source": f"{what}={path}", "fingerprint": h.hexdigest()}
+    return {**origin, "content": _content_hash(path)} if content else origin
+
+
+def _source_files(path: Path) -> list[tuple[str, Path]]:
     if path.is_dir():
-        for p in sorted(path.rglob("*")):
-            if p.is_file():
-                st = p.stat()
-                h.update(f"{p.relative_to(path)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-    elif path.is_file():
-        st = path.stat()
-        h.update(f"{st.st_size}\0{st.st_mtime_ns}".encode())
-    return {"source": f"{what}={path}", "fingerprint": h.hexdigest()}
+        return [(str(p.relative_to(path)), p) for p in sorted(path.rglob("*")) if p.is_file()]
+    return [("", path)] if path.is_file() else []
+
+
+def _content_hash(path: Path) -> str:
+    h = hashlib.sha256()
+    for rel, p in _source_files(path):
+        h.update(f"{rel}\0{p.stat().st_size}\n".encode())
+        with p.open("rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()
+
+
+def _same_files(src: Path, raw: Path) -> bool:
+    """A stamp from before contents were hashed: the COMP_DIR still holds, byte for byte, the files
+    that were copied into data/raw (a folder of zips was unpacked there, so it cannot tell)."""
+    import filecmp
+
+    files = _source_files(src) if src.is_dir() else []
+    return bool(files) and all((raw / rel).is_file() and filecmp.cmp(p, raw / rel, shallow=False)
+                               for rel, p in files)
 
 
 def _check_same_source(raw: Path, comp_dir: Path | None, comp_zip: Path | None) -> None:
     """Data stamped from one COMP_DIR / COMP_ZIP is not silently kept when the user names another."""
     if comp_dir is None and comp_zip is None:
         return
-    want = _origin_of(comp_dir, comp_zip)
+    want = _origin_of(comp_dir, comp_zip, content=False)  # contents are read only when the times differ
     try:
         have = json.loads((raw / STAMP).read_text(encoding="utf-8"))
     except ValueError:
         have = {}
-    if have.get("source") == want["source"] and have.get("fingerprint") == want["fingerprint"]:
+    if have.get("source") == want["source"] and (
+            have.get("fingerprint") == want["fingerprint"]
+            or ("content" in have and have["content"] == _origin_of(comp_dir, comp_zip)["content"])
+            or ("content" not in have and comp_dir is not None and _same_files(Path(comp_dir).resolve(), raw))):
         return
     shown = raw.relative_to(C.root())
     asked = want["source"]
