@@ -140,7 +140,8 @@ def ablations(answers: Answers, comp, work: Path, previous: dict | None = None, 
     """One row per technique of ABLATIONS, and the ensemble of those finished on every fold
     (medalist.stages.ensemble, no TTA). A technique whose run is not there now keeps the row the
     last results.json had for that run (saying where it was measured), or is "not measured" with
-    the command that makes it: a bench on a fresh checkout never erases a measurement it cannot redo."""
+    the command that makes it: a bench on a fresh checkout never erases a measurement it cannot redo.
+    A run trained on some folds only now does not replace a row measured on all of them either."""
     res = C.root() / "results" / comp.name
     n_folds = comp.folds.n
     before = {e["run"]: (what, e) for what, e in ((previous or {}).get("rows") or {}).items() if e.get("measured")}
@@ -148,9 +149,15 @@ def ablations(answers: Answers, comp, work: Path, previous: dict | None = None, 
     for what, run, how in ABLATIONS:
         d = res / run
         entry = run_entry(answers, d) if (d / "metrics.json").exists() else fold_entry(answers, d, n_folds)
-        if entry is None and run in before:
+        # some folds of a run now never replace the last results.json's figures of all of them
+        partial = entry is not None and "folds" in entry and run in before and "folds" not in before[run][1]
+        if run in before and (entry is None or partial):
             old_what, old = before[run]
             note = old.get("carried") or carried(previous, stamp)
+            if partial:
+                note = note.replace("its run is not in results/ now",
+                                    f"results/ now holds fold{'s' if len(entry['folds']) > 1 else ''} "
+                                    f"{','.join(map(str, entry['folds']))} of it only")
             rows[old_what] = {**old, "carried": note, "measured_on": f"{old['measured_on'].split(' (measured at')[0]} ({note})"}
             continue
         if entry is None:

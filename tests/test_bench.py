@@ -285,6 +285,14 @@ def test_ablations_read_full_and_one_fold_runs(project, tmp_path, monkeypatch):
                                                 "its run is not in results/ now)")
     assert kept["tfidf"]["test"]["micro_f1"] == 0.8 and "carried" not in kept["tfidf"]
     assert not kept["tfidf-nbsvm"]["measured"]
+    # minilm's fold 0 now (above) does not replace a row measured on all folds before
+    old_minilm = {**old_svm, "run": "minilm", "test": {"micro_f1": 0.7876, "macro_f1": 0.79}}
+    prev["rows"]["MiniLM fine-tune (CPU defaults)"] = old_minilm
+    fuller = quality.ablations(quality.Answers(comp, answers), comp, tmp_path / "w", prev, {"git_sha": "abc1234", "date": "d"})
+    m_row = {e["run"]: e for e in fuller["rows"].values()}["minilm"]
+    assert m_row["test"]["micro_f1"] == 0.7876 and "folds" not in m_row
+    assert m_row["measured_on"] == "all 5 folds (measured at git abc1234, d; results/ now holds fold 0 of it only)"
+    del prev["rows"]["MiniLM fine-tune (CPU defaults)"]
     twice = quality.ablations(quality.Answers(comp, answers), comp, tmp_path / "w", again, {"git_sha": "later"})
     assert {e["run"]: e for e in twice["rows"].values()}["tfidf-svm"]["measured_on"] == kept["tfidf-svm"]["measured_on"]
 
