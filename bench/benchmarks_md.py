@@ -73,11 +73,12 @@ def ablation_lines(abl: dict | None, q: dict) -> list[str]:
             continue
         L.append(f"| {what} | {e['run']} | {e['measured_on']} | {fmt(e['test']['micro_f1'])} | "
                  f"{fmt(e['test']['macro_f1'])} | {fmt(e['oof_score'])} | {fmt(e['train_seconds'], 1)} |")
-    ens = abl.get("ensemble")
-    if ens:
-        L.append(f"| **ensemble of all of them** ({ens['method']}) | {' '.join(ens['runs'])} | the runs on all folds | "
-                 f"{fmt(ens['test']['micro_f1'])} | {fmt(ens['test']['macro_f1'])} | {fmt(ens['oof_score'])} | "
-                 f"{fmt(ens['train_seconds'], 1)} + {fmt(ens['seconds'], 1)} |")
+    for ens in [abl.get("ensemble"), *(abl.get("ensembles_before") or [])]:
+        if ens:
+            where = f"the runs on all folds{' (' + ens['carried'] + ')' if ens.get('carried') else ''}"
+            L.append(f"| **ensemble of all of them** ({ens['method']}) | {' '.join(ens['runs'])} | {where} | "
+                     f"{fmt(ens['test']['micro_f1'])} | {fmt(ens['test']['macro_f1'])} | {fmt(ens['oof_score'])} | "
+                     f"{fmt(ens['train_seconds'], 1)} + {fmt(ens['seconds'], 1)} |")
     if q.get("best_neural_run"):
         L += ["", (f"Best fine-tuned transformer: {q['best_neural_run']}, test micro-F1 "
                    f"{fmt(q.get('best_neural_test_micro_f1'))} after {fmt(q.get('best_neural_train_seconds'), 0)} s of "
@@ -120,6 +121,7 @@ def render(res: dict) -> str:
             L.append(f"| reference: {name} | {fmt(e['test']['micro_f1'])} | {fmt(e['test']['macro_f1'])} | — | "
                      f"{fmt(e.get('train_seconds'), 1)} | {fmt(e.get('predict_seconds'), 1)} |")
         for name, e in q["runs"].items():
+            name += f" ({e['carried']})" if e.get("carried") else ""
             L.append(f"| run {name} | {fmt(e['test']['micro_f1'])} | {fmt(e['test']['macro_f1'])} | "
                      f"{fmt(e['oof_score'])} | {fmt(e['train_seconds'], 1)} | {fmt(e['predict_seconds'], 1)} |")
             if "tta" in e:
@@ -128,7 +130,7 @@ def render(res: dict) -> str:
                          f"{fmt(t['test']['micro_f1'])} | {fmt(t['test']['macro_f1'])} | {fmt(t['oof_score'])} | — | "
                          f"{fmt(t['predict_seconds'], 1)} |")
         for name, e in q["ensembles"].items():
-            L.append(f"| **ensemble {name}** ({e['method']}) | {fmt(e['test']['micro_f1'])} | "
+            L.append(f"| **ensemble {name}** ({e['method']}{'; ' + e['carried'] if e.get('carried') else ''}) | {fmt(e['test']['micro_f1'])} | "
                      f"{fmt(e['test']['macro_f1'])} | {fmt(e['oof_score'])} | {fmt(e['seconds'], 1)} | — |")
         L += ["", (f"Train / predict seconds of a run are all its folds (metrics.json); the first `make bench` "
               f"trains them (on this CPU: {fmt(sum((e.get('train_seconds') or 0) for e in q['runs'].values()) / 3600, 2)} h "

@@ -38,6 +38,8 @@ ABLATIONS = (
     ("MiniLM fine-tune (CPU defaults)", "minilm", "make train MODELS=minilm FOLDS=0"),
     ("seed averaging (minilm, 3 seeds)", "minilm-3seeds", "make train MODELS=minilm-3seeds FOLDS=0"),
     ("in-domain pretraining (minilm-dapt)", "minilm-dapt", "make pretrain MODEL=minilm && make train MODELS=minilm-dapt FOLDS=0"),
+    ("pseudo-labels, in-domain MiniLM student", "minilm-dapt+pseudo",
+     "make all MODELS='tfidf embed minilm-dapt minilm-dapt+pseudo'"),
 )
 
 
@@ -177,7 +179,11 @@ def ablations(answers: Answers, comp, work: Path, previous: dict | None = None, 
         ens = {"runs": full, "test": answers.score_submission(sub), "oof_score": m["oof_score"], "method": m["method"],
                "seconds": read_json(scratch / "process.json")["wall_seconds"],
                "train_seconds": sum(e["train_seconds"] or 0.0 for e in rows.values() if e.get("run") in full)}
-    return {"rows": rows, "ensemble": ens}
+    # the last ensemble of all of them stays beside a new one that lacks some of its runs
+    kept = [e for e in [(previous or {}).get("ensemble"), *((previous or {}).get("ensembles_before") or [])] if e]
+    before_ens = [{**e, "carried": e.get("carried") or carried(previous, stamp).replace("its run is", "some of its runs are")}
+                  for e in kept if not (ens and set(e["runs"]) <= set(ens["runs"]))]
+    return {"rows": rows, "ensemble": ens or (before_ens.pop(0) if before_ens else None), "ensembles_before": before_ens}
 
 
 def neural_candidates(answers: Answers, runs: dict, ablation_rows: dict, res: Path, n_folds: int) -> list:
@@ -229,6 +235,54 @@ def ensemble_variant(comp, runs: list[str], tta: bool, work: Path) -> Path | Non
     return sub
 
 
+def scored_runs(answers: Answers, comp, names: list[str], previous: dict | None = None,
+                stamp: dict | None = None) -> dict[str, dict]:
+    """Each finished run of `names` (and its +gen twin, its TTA) scored. One gone from results/ that
+    the last results.json scored keeps that figure, marked with where it was measured."""
+    res = C.root() / "results" / comp.name
+    runs: dict[str, dict] = {}
+    for name in names + [r + "+gen" for r in names]:
+        d = res / name
+        if (d / "metrics.json").exists():
+            runs[name] = run_entry(answers, d)
+            if (d / "tta" / "metrics.json").exists():
+                runs[name]["tta"] = run_entry(answers, d / "tta")
+        elif name in ((previous or {}).get("runs") or {}):
+            old = previous["runs"][name]
+            runs[name] = {**old, "carried": old.get("carried") or carried(previous, stamp)}
+        elif "+gen" not in name:
+            print(f"note: no finished run {d} (make all COMP={comp.name} MODELS=…): left out")
+    return runs
+
+
+def scored_ensembles(answers: Answers, comp, names: list[str], runs: dict, work: Path, previous: dict | None = None,
+                     stamp: dict | None = None) -> dict[str, dict]:
+    """The ensembles of `names` (plain, +gen, both; with and without TTA) made and scored. One that
+    cannot be made because a run of it is gone from results/ keeps the last results.json's figure
+    for the same runs, marked."""
+    ensembles = {}
+    for label, members in (("plain", names), ("USE_GEN=1", [r + "+gen" for r in names]),
+                           ("plain + USE_GEN=1", names + [r + "+gen" for r in names])):
+        for tta in (False, True):
+            key = f"{label}{' + TTA' if tta else ''}"
+            sub = ensemble_variant(comp, members, tta, work)
+            if sub is not None:
+                scratch = sub.parents[2]
+                m = read_json(scratch / "results" / comp.name / "ensemble" / "metrics.json")
+                proc = read_json(scratch / "process.json")
+                ensembles[key] = {
+                    "runs": members, "tta": tta, "test": answers.score_submission(sub),
+                    "oof_score": m["oof_score"], "method": m["method"], "seconds": proc["wall_seconds"],
+                    "peak_rss_mb": proc["peak_rss_mb"]}
+                continue
+            old = ((previous or {}).get("ensembles") or {}).get(key)
+            if (old and old["runs"] == members and all(n in runs for n in members)
+                    and any(runs[n].get("carried") for n in members)):
+                ensembles[key] = {**old, "carried": old.get("carried") or
+                                  carried(previous, stamp).replace("its run is", "some of its runs are")}
+    return ensembles
+
+
 def trainer_full(args, data: dict, work: Path) -> dict | None:
     """The plain Trainer trained on all of train.csv, cached by script, config and data."""
     script = BENCH / "trainer_baseline.py"
@@ -248,30 +302,8 @@ def part_quality(args, comp, data: dict, work: Path, previous: dict | None = Non
     """previous / stamp: the last results.json's quality part and where it was measured (figures
     whose inputs are gone from results/ are kept from it, marked)."""
     answers = Answers(comp, data["answers"])
-    res = C.root() / "results" / comp.name
-    runs: dict[str, dict] = {}
-    for name in args.runs + [r + "+gen" for r in args.runs]:
-        d = res / name
-        if (d / "metrics.json").exists():
-            runs[name] = run_entry(answers, d)
-            if (d / "tta" / "metrics.json").exists():
-                runs[name]["tta"] = run_entry(answers, d / "tta")
-        elif "+gen" not in name:
-            print(f"note: no finished run {d} (make all COMP={comp.name} MODELS=…): left out")
-
-    ensembles = {}
-    for label, names in (("plain", args.runs), ("USE_GEN=1", [r + "+gen" for r in args.runs]),
-                         ("plain + USE_GEN=1", args.runs + [r + "+gen" for r in args.runs])):
-        for tta in (False, True):
-            sub = ensemble_variant(comp, names, tta, work)
-            if sub is not None:
-                scratch = sub.parents[2]
-                m = read_json(scratch / "results" / comp.name / "ensemble" / "metrics.json")
-                proc = read_json(scratch / "process.json")
-                ensembles[f"{label}{' + TTA' if tta else ''}"] = {
-                    "runs": names, "tta": tta, "test": answers.score_submission(sub),
-                    "oof_score": m["oof_score"], "method": m["method"], "seconds": proc["wall_seconds"],
-                    "peak_rss_mb": proc["peak_rss_mb"]}
+    runs = scored_runs(answers, comp, args.runs, previous, stamp)
+    ensembles = scored_ensembles(answers, comp, args.runs, runs, work, previous, stamp)
 
     train = pd.read_csv(data["train"])
     test = pd.read_csv(data["test"])
@@ -298,7 +330,7 @@ def part_quality(args, comp, data: dict, work: Path, previous: dict | None = Non
     main_ens = ensembles.get("plain + TTA") or ensembles.get("plain")
     trainer = refs.get("HF Trainer (bench/trainer_baseline.py)")
     abl = ablations(answers, comp, work, (previous or {}).get("ablations"), stamp)
-    cands = neural_candidates(answers, runs, abl["rows"], res, comp.folds.n)
+    cands = neural_candidates(answers, runs, abl["rows"], C.root() / "results" / comp.name, comp.folds.n)
     neural_run, neural = best_neural(cands)
     rival_run, rival = best_neural(cands, trainer["train_seconds"] if trainer else None)
     return {

@@ -337,6 +337,86 @@ def test_ablations_read_full_and_one_fold_runs(project, tmp_path, monkeypatch):
                for g in benchmarks_md.goals({"quality": q}))
 
 
+def test_quality_keeps_runs_and_ensembles_gone_from_results(project, tmp_path, monkeypatch):
+    """A bench rerun where one run of BENCH_MODELS is gone from results/ (a sweep replaced it with
+    one fold): that run and the ensembles needing it keep the last results.json's figures, marked;
+    the runs there are scored afresh; an ensemble of all techniques that lacks some runs of the last
+    one is shown beside it, not instead of it. No training."""
+    quality = _bench_module(monkeypatch, "quality")
+    benchmarks_md = _bench_module(monkeypatch, "benchmarks_md")
+    from medalist.core.competition import load_competition
+
+    comp = load_competition("math-subjects")
+    ids = [str(i) for i in range(10)]
+    y = np.arange(10) % 7
+    answers = tmp_path / "test_labels.csv"
+    pd.DataFrame({"id": ids, "label": y}).to_csv(answers, index=False)
+    res = project / "results" / "math-subjects"
+    _proba_csv(res / "tfidf" / "test.csv", ids, y, k=7)
+    (res / "tfidf" / "metrics.json").write_text(json.dumps({"oof_score": 0.78, "train_seconds": 160.0}))
+    stamp = {"git_sha": "ad9dd70", "date": "2026-12-04 02:42"}
+    old_run = {"test": {"micro_f1": 0.7876, "macro_f1": 0.7934}, "oof_score": 0.7841, "train_seconds": 3087.0,
+               "predict_seconds": 160.0, "tta": {"test": {"micro_f1": 0.7878, "macro_f1": 0.7937}, "oof_score": 0.7845,
+                                                                    "predict_seconds": 1716.4, "used": True}}
+    ens = {"runs": ["tfidf", "minilm"], "test": {"micro_f1": 0.795, "macro_f1": 0.8011}, "oof_score": 0.8003,
+           "method": "mean", "seconds": 11.7, "peak_rss_mb": 900.0}
+    prev = {"runs": {"tfidf": {**old_run, "test": {"micro_f1": 0.1, "macro_f1": 0.1}}, "minilm": old_run},
+            "ensembles": {"plain": ens, "plain + TTA": ens, "USE_GEN=1": {**ens, "runs": ["tfidf+gen", "minilm+gen"]}}}
+    answer = quality.Answers(comp, answers)
+
+    runs = quality.scored_runs(answer, comp, ["tfidf", "minilm", "embed"], prev, stamp)
+    assert list(runs) == ["tfidf", "minilm"]  # embed: never measured, left out
+    assert runs["tfidf"]["test"]["micro_f1"] == 1.0 and "carried" not in runs["tfidf"]  # scored afresh
+    assert runs["minilm"]["test"]["micro_f1"] == 0.7876 and runs["minilm"]["tta"]["test"]["micro_f1"] == 0.7878
+    assert runs["minilm"]["carried"] == "measured at git ad9dd70, 2026-12-04 02:42; its run is not in results/ now"
+    monkeypatch.setattr(quality, "ensemble_variant", lambda *a, **k: None)  # minilm's folds are not all there
+    ensembles = quality.scored_ensembles(answer, comp, ["tfidf", "minilm"], runs, tmp_path / "w", prev, stamp)
+    assert sorted(ensembles) == ["plain", "plain + TTA"]  # no +gen run is kept, so no USE_GEN=1 ensemble
+    assert ensembles["plain"]["test"]["micro_f1"] == 0.795
+    assert ensembles["plain"]["carried"].endswith("some of its runs are not in results/ now")
+    # other runs than the last results.json's ensemble: nothing kept
+    assert quality.scored_ensembles(answer, comp, ["tfidf"], runs, tmp_path / "w", prev, stamp) == {}
+    # nothing gone from results/: an ensemble that could not be made is not replaced by an old figure
+    fresh = {"tfidf": runs["tfidf"], "minilm": {**old_run}}
+    assert quality.scored_ensembles(answer, comp, ["tfidf", "minilm"], fresh, tmp_path / "w", prev, stamp) == {}
+
+    md = benchmarks_md.render({"machine": {"cpu": "x", "cores": 2, "memory_gib": 1, "gpu": None, "os": "linux",
+                                           "versions": {}}, "git_sha": "now", "date": "today", "comp": "math-subjects",
+                               "quality": {"references": {}, "runs": runs, "ensembles": ensembles,
+                                           "ablations": {"rows": {}, "ensemble": None, "ensembles_before": []}}})
+    assert "| run minilm (measured at git ad9dd70, 2026-12-04 02:42; its run is not in results/ now) | 0.7876 |" in md
+    assert "| **ensemble plain** (mean; measured at git ad9dd70" in md
+
+    # each technique alone: the last ensemble of all of them had runs that are gone now
+    all_before = {**ens, "runs": ["tfidf", "tfidf-svm", "minilm"], "train_seconds": 3300.0}
+    old_svm = {"run": "tfidf-svm", "measured": True, "test": {"micro_f1": 0.7794, "macro_f1": 0.78}, "oof_score": 0.77,
+               "train_seconds": 50.0, "measured_on": "all 5 folds"}
+    made = {**ens, "runs": ["tfidf", "minilm-dapt"], "train_seconds": 5000.0}
+    made_sub = tmp_path / "scratch" / "submission" / "m" / "s.csv"
+    made_sub.parent.mkdir(parents=True)
+    made_sub.write_text("id,label\n")
+    monkeypatch.setattr(quality, "ensemble_variant", lambda *a, **k: made_sub)
+    monkeypatch.setattr(quality, "read_json", lambda f: {"oof_score": made["oof_score"], "method": "mean",
+                                                         "wall_seconds": made["seconds"]})
+    monkeypatch.setattr(quality.Answers, "score_submission", lambda self, sub: made["test"])
+    _proba_csv(res / "minilm-dapt" / "test.csv", ids, y, k=7)
+    (res / "minilm-dapt" / "metrics.json").write_text("{}")
+    monkeypatch.setattr(quality, "run_entry", lambda a, d: {"test": {"micro_f1": 0.79, "macro_f1": 0.8},
+                                                            "oof_score": 0.78, "train_seconds": 2500.0})
+    abl = quality.ablations(answer, comp, tmp_path / "w", {"rows": {"cheap member: TF-IDF + linear SVM": old_svm},
+                                                           "ensemble": all_before}, stamp)
+    assert abl["ensemble"]["runs"] == ["tfidf", "minilm-dapt"] and "carried" not in abl["ensemble"]
+    assert [e["runs"] for e in abl["ensembles_before"]] == [["tfidf", "tfidf-svm", "minilm"]]
+    assert abl["ensembles_before"][0]["carried"].startswith("measured at git ad9dd70")
+    lines = "\n".join(benchmarks_md.ablation_lines(abl, {}))
+    assert lines.count("**ensemble of all of them**") == 2 and "| tfidf tfidf-svm minilm | the runs on all folds (measured" in lines
+    # rerun: an old ensemble whose runs the new one all holds is dropped, the others stay, marked once
+    again = quality.ablations(answer, comp, tmp_path / "w", {**abl, "ensemble": {**ens, "runs": ["tfidf"]}},
+                              {"git_sha": "later"})
+    assert [e["runs"] for e in again["ensembles_before"]] == [["tfidf", "tfidf-svm", "minilm"]]
+    assert again["ensembles_before"][0]["carried"] == abl["ensembles_before"][0]["carried"]
+
+
 def test_images_speed_renders_the_ratios_and_the_fp32_row(monkeypatch):
     """The A/B table: median ratios, the fold-only (fp32) inference row, and the goals it meets."""
     images = _bench_module(monkeypatch, "images")
