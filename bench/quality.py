@@ -333,6 +333,13 @@ def part_quality(args, comp, data: dict, work: Path, previous: dict | None = Non
     cands = neural_candidates(answers, runs, abl["rows"], C.root() / "results" / comp.name, comp.folds.n)
     neural_run, neural = best_neural(cands)
     rival_run, rival = best_neural(cands, trainer["train_seconds"] if trainer else None)
+    at_cost = ({"run": rival_run, "test_micro_f1": rival["test"]["micro_f1"], "train_seconds": rival["train_seconds"],
+                "measured_on": rival.get("measured_on")} if rival and trainer else None)
+    old_cost = (previous or {}).get("neural_at_trainer_cost")
+    if trainer and trainer.get("carried") and old_cost:
+        # the Trainer's seconds are from the bench that trained it: its rival is that bench's too
+        at_cost = {**old_cost, "measured_on": f"{(old_cost.get('measured_on') or 'all folds').split(' (measured at')[0]} "
+                                              f"({trainer['carried'].split(';')[0]}, as the Trainer)"}
     return {
         "runs": runs, "ensembles": ensembles, "references": refs, "ablations": abl,
         "ensemble_test_micro_f1": main_ens["test"]["micro_f1"] if main_ens else None,
@@ -342,9 +349,7 @@ def part_quality(args, comp, data: dict, work: Path, previous: dict | None = Non
         "best_neural_train_seconds": neural["train_seconds"] if neural else None,
         "best_neural_measured_on": neural.get("measured_on") if neural else None,
         # the goal "≥ the plain Trainer at no more training time": the best within the Trainer's seconds
-        "neural_at_trainer_cost": ({"run": rival_run, "test_micro_f1": rival["test"]["micro_f1"],
-                                    "train_seconds": rival["train_seconds"], "measured_on": rival.get("measured_on")}
-                                   if rival and trainer else None),
+        "neural_at_trainer_cost": at_cost,
         "ensemble_variant": next((k for k, v in ensembles.items() if v is main_ens), None),
         "best_single_test_micro_f1": max((s for _, s in singles), default=None),
         "best_single_run": max(singles, key=lambda t: t[1])[0] if singles else None,
