@@ -23,7 +23,8 @@ ANSWERS  ?=#                 an answers CSV (id,label), for `make score`
 MESSAGE  ?=#                 a submission message, for `make submit`
 BENCH_COMP   ?= math-subjects#               `make bench`: its competition,
 BENCH_DIR    ?= ../shared/competitions/math-subjects#  where its files are,
-BENCH_MODELS ?= tfidf embed minilm#          the runs the quality part scores,
+BENCH_MODELS ?= tfidf embed minilm-dapt minilm-dapt+pseudo#  the runs the quality part scores (the best CPU recipe),
+BENCH_GEN    ?= 0#                           1: also augment and train every run again with USE_GEN=1,
 BENCH_NEURAL ?= minilm-1ep#                  the config of the speed test and the Trainer reference,
 BENCH_ARGS   ?=#                             e.g. --parts speed,growth  --quick  --skip-trainer-fit
 
@@ -32,7 +33,7 @@ BENCH_ARGS   ?=#                             e.g. --parts speed,growth  --quick 
 # name checked against configs/, never pasted into a command line. So quotes, `$(…)`,
 # backticks, spaces and newlines in a path or a message run nothing and arrive unchanged.
 $(foreach v,COMP MODELS USE_GEN GEN TTA FOLDS COMP_DIR COMP_ZIP RUN MODEL CKPT FILE ANSWERS MESSAGE \
-  BENCH_COMP BENCH_DIR BENCH_MODELS BENCH_NEURAL BENCH_ARGS,$(eval override $(v) := $$(value $(v))))
+  BENCH_COMP BENCH_DIR BENCH_MODELS BENCH_GEN BENCH_NEURAL BENCH_ARGS,$(eval override $(v) := $$(value $(v))))
 export FOLDS COMP_DIR COMP_ZIP CKPT FILE ANSWERS MESSAGE BENCH_COMP BENCH_DIR BENCH_MODELS BENCH_NEURAL BENCH_ARGS
 
 VENV       := .venv
@@ -49,6 +50,7 @@ eq        = $(and $(findstring $(1),$(2)),$(findstring $(2),$(1)))
 is_config = $(and $(filter 1,$(words $(2))),$(call eq,$(wildcard $(1)/$(2).yaml),$(1)/$(2).yaml))
 $(if $(call is_config,configs/competitions,$(COMP)),,$(error unknown competition '$(COMP)': no configs/competitions/$(COMP).yaml))
 $(if $(filter-out 0 1,$(USE_GEN)),$(error USE_GEN must be 0 or 1, not '$(USE_GEN)'))
+$(if $(filter-out 0 1,$(BENCH_GEN)),$(error BENCH_GEN must be 0 or 1, not '$(BENCH_GEN)'))
 comma := ,
 empty :=
 space := $(empty) $(empty)
@@ -290,12 +292,17 @@ status: | $(VENV)/.installed ## poll Kaggle for the public scores of past submis
 
 # ---------------------------------------------------------------- benchmark
 # (BENCH_* knobs: at the top.) The runs are ordinary targets in results/$(BENCH_COMP)/, so a
-# rerun of the bench reuses them; the plain `all` goes last so results/<comp>/ensemble/ ends as
-# the plain ensemble.
+# rerun of the bench reuses them. The plain `all` goes first (a student's pseudo-labels come from
+# the plain teachers) and, after a USE_GEN=1 pass, once more (nothing retrains) so
+# results/<comp>/ensemble/ ends as the plain ensemble.
+BENCH_ALL = $(MAKE) --no-print-directory all COMP="$$BENCH_COMP" COMP_DIR="$$BENCH_DIR" MODELS="$$BENCH_MODELS"
 bench: | $(VENV)/.installed ## score, speed, memory, growth against plain references → BENCHMARKS.md
+	$(BENCH_ALL)
+ifeq ($(BENCH_GEN),1)
 	$(MAKE) --no-print-directory augment COMP="$$BENCH_COMP" COMP_DIR="$$BENCH_DIR" MODELS="$$BENCH_MODELS"
-	$(MAKE) --no-print-directory all COMP="$$BENCH_COMP" COMP_DIR="$$BENCH_DIR" MODELS="$$BENCH_MODELS" USE_GEN=1
-	$(MAKE) --no-print-directory all COMP="$$BENCH_COMP" COMP_DIR="$$BENCH_DIR" MODELS="$$BENCH_MODELS"
+	$(BENCH_ALL) USE_GEN=1
+	$(BENCH_ALL)
+endif
 	$(PY) bench/run_bench.py --comp "$$BENCH_COMP" --comp-dir "$$BENCH_DIR" --runs "$$BENCH_MODELS" --model "$$BENCH_NEURAL" $$BENCH_ARGS
 
 # ---------------------------------------------------------------- project

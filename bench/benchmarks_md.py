@@ -28,6 +28,10 @@ def goals(res: dict) -> list[str]:
     mac = q.get("ensemble_test_macro_f1")
     line(None if ens is None or mac is None else ens >= 0.80 and mac >= 0.80,
          f"ensemble test micro-F1 and macro-F1 ≥ 0.80 ({fmt(ens)} / {fmt(mac)})")
+    hours, pre = q.get("train_hours"), q.get("pretrain_seconds") or {}
+    line(None if hours is None else hours <= 4,
+         f"quality part at most 4 hours of training on this CPU ({fmt(hours, 2)} h: the runs above"
+         + "".join(f" + pretraining {k} {fmt(v / 3600, 2)} h" for k, v in pre.items()) + ")")
     ref = (q.get("references") or {}).get("HF Trainer (bench/trainer_baseline.py)")
     ref_f1, ref_s = (ref or {}).get("test", {}).get("micro_f1"), (ref or {}).get("train_seconds")
     rival = q.get("neural_at_trainer_cost")
@@ -132,10 +136,22 @@ def render(res: dict) -> str:
         for name, e in q["ensembles"].items():
             L.append(f"| **ensemble {name}** ({e['method']}{'; ' + e['carried'] if e.get('carried') else ''}) | {fmt(e['test']['micro_f1'])} | "
                      f"{fmt(e['test']['macro_f1'])} | {fmt(e['oof_score'])} | {fmt(e['seconds'], 1)} | — |")
+        d = q.get("default_ensemble")
+        if d and d not in q["ensembles"].values():
+            L.append(f"| **ensemble of the default MODELS** ({' '.join(d['runs'])}{' + TTA' if d.get('tta') else ''}; "
+                     f"{d['method']}{'; ' + d['carried'] if d.get('carried') else ''}) | {fmt(d['test']['micro_f1'])} | "
+                     f"{fmt(d['test']['macro_f1'])} | {fmt(d['oof_score'])} | {fmt(d['seconds'], 1)} | — |")
+        pre = q.get("pretrain_seconds") or {}
+        hours = sum((e.get("train_seconds") or 0) for e in q["runs"].values()) / 3600
         L += ["", (f"Train / predict seconds of a run are all its folds (metrics.json); the first `make bench` "
-              f"trains them (on this CPU: {fmt(sum((e.get('train_seconds') or 0) for e in q['runs'].values()) / 3600, 2)} h "
-              f"of training for the runs above), a rerun reuses them. The HF Trainer reference is one model "
-              f"on all of train.csv (no folds), cached under results/{res['comp']}/bench/."), ""]
+              f"trains them (on this CPU: {fmt(hours, 2)} h of training for the runs above"
+              + "".join(f", and {fmt(v / 3600, 2)} h of in-domain pretraining ({k}) that some of them start from"
+                        for k, v in pre.items())
+              + f"), a rerun reuses them. The HF Trainer reference is one model "
+              f"on all of train.csv (no folds), cached under results/{res['comp']}/bench/."
+              + (f" The row \"ensemble of the default MODELS\" is what a plain `make all COMP={res['comp']}` makes "
+                 f"(its runs trained {fmt(d['train_seconds'] / 3600, 2)} h)." if d and d.get('train_seconds')
+                 and d not in q["ensembles"].values() else "")), ""]
         L += ablation_lines(q.get("ablations"), q)
     if s:
         tr, inf, tok = s["train_samples_per_s"], s["infer_texts_per_s"], s["tokenize_seconds"]

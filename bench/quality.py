@@ -34,7 +34,7 @@ ABLATIONS = (
     ("pseudo-labels", "tfidf-sgd+pseudo",
      "make pseudo RUN='tfidf minilm' && make train MODELS=tfidf-sgd GEN=pseudo"),
     ("pseudo-labels, MiniLM student", "minilm+pseudo",
-     "make pseudo RUN='tfidf minilm' && make train MODELS=minilm+pseudo"),
+     "make pseudo RUN='tfidf embed minilm-dapt' && make train MODELS=minilm+pseudo FOLDS=0"),
     ("MiniLM fine-tune (CPU defaults)", "minilm", "make train MODELS=minilm FOLDS=0"),
     ("seed averaging (minilm, 3 seeds)", "minilm-3seeds", "make train MODELS=minilm-3seeds FOLDS=0"),
     ("in-domain pretraining (minilm-dapt)", "minilm-dapt", "make pretrain MODEL=minilm && make train MODELS=minilm-dapt FOLDS=0"),
@@ -283,6 +283,58 @@ def scored_ensembles(answers: Answers, comp, names: list[str], runs: dict, work:
     return ensembles
 
 
+def default_ensemble(answers: Answers, comp, runs: dict, ensembles: dict, work: Path, previous: dict | None = None,
+                     stamp: dict | None = None) -> dict | None:
+    """The ensemble of the competition's default MODELS (what a plain `make all` makes), with TTA
+    where each of its runs has it, beside the bench's own runs: made when its runs are all finished
+    in results/, else the last results.json's figure for the same runs (as the default or as the
+    bench's main ensemble), marked; None when never measured."""
+    members = list(comp.default_models)
+    found = [e for e in ensembles.values() if e["runs"] == members and not e.get("carried")]
+    if found:
+        return next((e for e in found if e["tta"]), found[0])
+    res = C.root() / "results" / comp.name
+    if all((res / r / "metrics.json").exists() for r in members):
+        tta = all((res / r / "tta" / "metrics.json").exists() for r in members)
+        sub = ensemble_variant(comp, members, tta, work)
+        scratch = sub.parents[2]
+        m = read_json(scratch / "results" / comp.name / "ensemble" / "metrics.json")
+        proc = read_json(scratch / "process.json")
+        return {"runs": members, "tta": tta, "test": answers.score_submission(sub), "oof_score": m["oof_score"],
+                "method": m["method"], "seconds": proc["wall_seconds"], "peak_rss_mb": proc["peak_rss_mb"],
+                "train_seconds": sum((runs.get(r) or {}).get("train_seconds") or 0.0 for r in members) or None}
+    prev = previous or {}
+    olds = [prev.get("default_ensemble"), *[(prev.get("ensembles") or {}).get(k) for k in ("plain + TTA", "plain")]]
+    old = next((e for e in olds if e and e["runs"] == members), None)
+    if old is None:
+        return None
+    note = old.get("carried") or carried(previous, stamp).replace("its run is", "some of its runs are")
+    train = old.get("train_seconds") or sum(((prev.get("runs") or {}).get(r) or {}).get("train_seconds") or 0.0
+                                            for r in members) or None
+    return {**old, "carried": note, "train_seconds": train}
+
+
+def pretrain_seconds(comp, names: list[str], previous: dict | None = None) -> dict[str, float]:
+    """The in-domain pretraining the runs of `names` stand on (a `backbone: pretrain:<name>`),
+    each counted once: its done.json seconds, or the last results.json's when it is gone."""
+    from medalist.models.backbones import PRETRAINED
+
+    res = C.root() / "results" / comp.name
+    out = {}
+    for name in names:
+        backbone = str((run_config(res / name).get("model") or {}).get("backbone") or "")
+        if not backbone.startswith(PRETRAINED):
+            continue
+        cfg = backbone[len(PRETRAINED):]
+        done = res / "pretrain" / cfg / "done.json"
+        old = ((previous or {}).get("pretrain_seconds") or {}).get(cfg)
+        if done.exists():
+            out[cfg] = float(read_json(done)["seconds"])
+        elif old is not None:
+            out[cfg] = old
+    return out
+
+
 def trainer_full(args, data: dict, work: Path) -> dict | None:
     """The plain Trainer trained on all of train.csv, cached by script, config and data."""
     script = BENCH / "trainer_baseline.py"
@@ -304,6 +356,8 @@ def part_quality(args, comp, data: dict, work: Path, previous: dict | None = Non
     answers = Answers(comp, data["answers"])
     runs = scored_runs(answers, comp, args.runs, previous, stamp)
     ensembles = scored_ensembles(answers, comp, args.runs, runs, work, previous, stamp)
+    default = default_ensemble(answers, comp, runs, ensembles, work, previous, stamp)
+    pretrain = pretrain_seconds(comp, list(runs), previous)
 
     train = pd.read_csv(data["train"])
     test = pd.read_csv(data["test"])
@@ -341,7 +395,10 @@ def part_quality(args, comp, data: dict, work: Path, previous: dict | None = Non
         at_cost = {**old_cost, "measured_on": f"{(old_cost.get('measured_on') or 'all folds').split(' (measured at')[0]} "
                                               f"({trainer['carried'].split(';')[0]}, as the Trainer)"}
     return {
-        "runs": runs, "ensembles": ensembles, "references": refs, "ablations": abl,
+        "runs": runs, "ensembles": ensembles, "references": refs, "ablations": abl, "default_ensemble": default,
+        # the quality part's training: every run scored above (all folds) and the pretraining they stand on
+        "pretrain_seconds": pretrain,
+        "train_hours": (sum(e.get("train_seconds") or 0.0 for e in runs.values()) + sum(pretrain.values())) / 3600,
         "ensemble_test_micro_f1": main_ens["test"]["micro_f1"] if main_ens else None,
         "ensemble_test_macro_f1": main_ens["test"]["macro_f1"] if main_ens else None,
         "best_neural_test_micro_f1": neural["test"]["micro_f1"] if neural else None,

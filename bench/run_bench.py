@@ -191,9 +191,12 @@ def main(argv: list[str] | None = None) -> None:
     res["peak_rss_mb"] = {k: v["peak_rss_mb"] for k, v in res["stages"].items()}
     cmd = shlex.join(["python", "bench/run_bench.py", *(argv if argv is not None else sys.argv[1:])])
     if text_parts:
+        # the USE_GEN=1 pass (make bench BENCH_GEN=1) only where its runs are among the scored ones
+        gen = any(n.endswith("+gen") for n in ((res.get("quality") or {}).get("runs") or {}))
         res["commands"] = [
             f"make all COMP={comp.name} COMP_DIR={a.comp_dir} MODELS=\"{' '.join(a.runs)}\"",
-            f"make augment COMP={comp.name} && make all COMP={comp.name} MODELS=\"{' '.join(a.runs)}\" USE_GEN=1",
+            *([f"make augment COMP={comp.name} && make all COMP={comp.name} MODELS=\"{' '.join(a.runs)}\" USE_GEN=1"]
+              if gen else []),
             cmd]
     if a.parts & {"images-speed", "images-quality"}:
         # each images part's own command: a part not rerun keeps the one that measured it

@@ -417,6 +417,83 @@ def test_quality_keeps_runs_and_ensembles_gone_from_results(project, tmp_path, m
     assert again["ensembles_before"][0]["carried"] == abl["ensembles_before"][0]["carried"]
 
 
+def test_default_ensemble_and_training_hours_beside_the_bench_runs(project, tmp_path, monkeypatch):
+    """When BENCH_MODELS is not the competition's default MODELS, the default MODELS' ensemble (a
+    plain `make all`) is shown beside it: made when its runs are finished, else the last figure for
+    the same runs, marked. The quality part's hours count the in-domain pretraining its runs stand
+    on, once per pretraining, and the 4-hour goal reads them. No training."""
+    quality = _bench_module(monkeypatch, "quality")
+    benchmarks_md = _bench_module(monkeypatch, "benchmarks_md")
+    from medalist.core.competition import load_competition
+
+    comp = load_competition("math-subjects")
+    assert list(comp.default_models) == ["tfidf", "embed", "minilm"]
+    ids = [str(i) for i in range(10)]
+    answers = tmp_path / "test_labels.csv"
+    pd.DataFrame({"id": ids, "label": np.arange(10) % 7}).to_csv(answers, index=False)
+    answer = quality.Answers(comp, answers)
+    res = project / "results" / "math-subjects"
+    stamp = {"git_sha": "ad9dd70", "date": "2026-12-04 02:42"}
+    ens = {"runs": ["tfidf", "embed", "minilm"], "tta": True, "test": {"micro_f1": 0.795, "macro_f1": 0.8011},
+           "oof_score": 0.8003, "method": "mean", "seconds": 11.7}
+    prev = {"runs": {"tfidf": {"train_seconds": 100.0}, "embed": {"train_seconds": 200.0},
+                     "minilm": {"train_seconds": 3300.0}}, "ensembles": {"plain + TTA": ens}}
+
+    fresh = {**ens, "runs": list(comp.default_models)}
+    assert quality.default_ensemble(answer, comp, {}, {"plain + TTA": fresh}, tmp_path / "w", prev, stamp) is fresh
+    kept = quality.default_ensemble(answer, comp, {}, {}, tmp_path / "w", prev, stamp)
+    assert kept["test"]["micro_f1"] == 0.795 and kept["train_seconds"] == 3600.0
+    assert kept["carried"] == "measured at git ad9dd70, 2026-12-04 02:42; some of its runs are not in results/ now"
+    again = quality.default_ensemble(answer, comp, {}, {}, tmp_path / "w", {"default_ensemble": kept}, {"git_sha": "x"})
+    assert again["carried"] == kept["carried"] and again["test"] == kept["test"]
+    other = {"ensembles": {"plain + TTA": {**ens, "runs": ["tfidf", "minilm"]}}}
+    assert quality.default_ensemble(answer, comp, {}, {}, tmp_path / "w", other, stamp) is None
+
+    # the default runs all finished: their ensemble is made (TTA only when each has it)
+    for r in comp.default_models:
+        (res / r / "tta").mkdir(parents=True)
+        (res / r / "metrics.json").write_text("{}")
+    made_sub = tmp_path / "scratch" / "submission" / "m" / "s.csv"
+    made_sub.parent.mkdir(parents=True)
+    calls, read_json = [], quality.read_json
+    monkeypatch.setattr(quality, "ensemble_variant", lambda c, members, tta, w: calls.append((members, tta)) or made_sub)
+    monkeypatch.setattr(quality, "read_json", lambda f: {"oof_score": 0.81, "method": "caruana", "wall_seconds": 9.0,
+                                                         "peak_rss_mb": 200.0})
+    monkeypatch.setattr(quality.Answers, "score_submission", lambda self, sub: {"micro_f1": 0.8, "macro_f1": 0.81})
+    made = quality.default_ensemble(answer, comp, {"tfidf": {"train_seconds": 100.0}}, {}, tmp_path / "w", prev, stamp)
+    assert calls == [(["tfidf", "embed", "minilm"], False)] and "carried" not in made
+    assert made["test"]["micro_f1"] == 0.8 and made["method"] == "caruana" and made["train_seconds"] == 100.0
+    monkeypatch.setattr(quality, "read_json", read_json)
+
+    # pretraining: counted once for two runs on it, none for a run on a stock backbone
+    for run, backbone in (("minilm-dapt", "pretrain:minilm"), ("minilm-dapt+pseudo", "pretrain:minilm"),
+                          ("tfidf", None)):
+        (res / run).mkdir(parents=True, exist_ok=True)
+        (res / run / "config.yaml").write_text(yaml.safe_dump({"run": run, "model": {"backbone": backbone}}))
+    assert quality.pretrain_seconds(comp, ["tfidf", "minilm-dapt", "minilm-dapt+pseudo"]) == {}
+    assert quality.pretrain_seconds(comp, ["minilm-dapt"], {"pretrain_seconds": {"minilm": 1000.0}}) == {"minilm": 1000.0}
+    (res / "pretrain" / "minilm").mkdir(parents=True)
+    (res / "pretrain" / "minilm" / "done.json").write_text(json.dumps({"seconds": 1390.0}))
+    assert quality.pretrain_seconds(comp, ["tfidf", "minilm-dapt", "minilm-dapt+pseudo"],
+                                    {"pretrain_seconds": {"minilm": 1000.0}}) == {"minilm": 1390.0}
+
+    q = {"train_hours": 3.47, "pretrain_seconds": {"minilm": 1390.0}}
+    assert "- met: quality part at most 4 hours of training on this CPU (3.47 h: the runs above + pretraining minilm 0.39 h)" \
+        in benchmarks_md.goals({"quality": q})
+    assert any(g.startswith("- not met: quality part at most 4 hours") for g in benchmarks_md.goals({"quality": {"train_hours": 4.2}}))
+    assert any(g.startswith("- not measured: quality part at most 4 hours") for g in benchmarks_md.goals({"quality": {}}))
+    md = benchmarks_md.render({"machine": {"cpu": "x", "cores": 2, "memory_gib": 1, "gpu": None, "os": "linux",
+                                           "versions": {}}, "git_sha": "now", "date": "today", "comp": "math-subjects",
+                               "quality": {"references": {}, "runs": {"tfidf": {"test": {"micro_f1": 0.8, "macro_f1": 0.8},
+                                                                              "oof_score": 0.8, "train_seconds": 3600.0,
+                                                                              "predict_seconds": 1.0}},
+                                           "ensembles": {}, "default_ensemble": kept, "pretrain_seconds": {"minilm": 1800.0}}})
+    assert ("| **ensemble of the default MODELS** (tfidf embed minilm + TTA; mean; measured at git ad9dd70, "
+            "2026-12-04 02:42; some of its runs are not in results/ now) | 0.7950 | 0.8011 |") in md
+    assert "1.00 h of training for the runs above, and 0.50 h of in-domain pretraining (minilm)" in md
+    assert "plain `make all COMP=math-subjects` makes (its runs trained 1.00 h)" in md
+
+
 def test_images_speed_renders_the_ratios_and_the_fp32_row(monkeypatch):
     """The A/B table: median ratios, the fold-only (fp32) inference row, and the goals it meets."""
     images = _bench_module(monkeypatch, "images")

@@ -88,7 +88,8 @@ def test_user_mistakes_are_one_line(make_project):
     root = make_project
     for args, message in ((["train", "MODELS=nope"], "unknown model 'nope'"),
                           (["folds", "COMP=nope"], "unknown competition 'nope'"),
-                          (["train", "USE_GEN=1"], "make augment")):
+                          (["train", "USE_GEN=1"], "make augment"),
+                          (["bench", "BENCH_GEN=yes"], "BENCH_GEN must be 0 or 1, not 'yes'")):
         p = subprocess.run(["make", "-C", str(root), "--no-print-directory", *args], env=make_env(),
                            capture_output=True, text=True, timeout=600)
         assert p.returncode != 0 and message in p.stderr, (args, p.stderr)
