@@ -31,7 +31,9 @@ def goals(res: dict) -> list[str]:
     hours, pre = q.get("train_hours"), q.get("pretrain_seconds") or {}
     line(None if hours is None else hours <= 4,
          f"quality part at most 4 hours of training on this CPU ({fmt(hours, 2)} h: the runs above"
-         + "".join(f" + pretraining {k} {fmt(v / 3600, 2)} h" for k, v in pre.items()) + ")")
+         + "".join(f" + pretraining {k} {fmt(v / 3600, 2)} h" for k, v in pre.items())
+         + (f" + the references {fmt(q['reference_train_seconds'] / 3600, 2)} h" if q.get("reference_train_seconds") else "")
+         + ")")
     ref = (q.get("references") or {}).get("HF Trainer (bench/trainer_baseline.py)")
     ref_f1, ref_s = (ref or {}).get("test", {}).get("micro_f1"), (ref or {}).get("train_seconds")
     rival = q.get("neural_at_trainer_cost")

@@ -396,9 +396,12 @@ def part_quality(args, comp, data: dict, work: Path, previous: dict | None = Non
                                               f"({trainer['carried'].split(';')[0]}, as the Trainer)"}
     return {
         "runs": runs, "ensembles": ensembles, "references": refs, "ablations": abl, "default_ensemble": default,
-        # the quality part's training: every run scored above (all folds) and the pretraining they stand on
+        # the quality part's training: every run scored above (all folds), the pretraining they stand
+        # on and the references the bench trains itself
         "pretrain_seconds": pretrain,
-        "train_hours": (sum(e.get("train_seconds") or 0.0 for e in runs.values()) + sum(pretrain.values())) / 3600,
+        "reference_train_seconds": sum(e.get("train_seconds") or 0.0 for e in refs.values()),
+        "train_hours": (sum(e.get("train_seconds") or 0.0 for e in runs.values()) + sum(pretrain.values())
+                        + sum(e.get("train_seconds") or 0.0 for e in refs.values())) / 3600,
         "ensemble_test_micro_f1": main_ens["test"]["micro_f1"] if main_ens else None,
         "ensemble_test_macro_f1": main_ens["test"]["macro_f1"] if main_ens else None,
         "best_neural_test_micro_f1": neural["test"]["micro_f1"] if neural else None,

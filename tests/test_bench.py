@@ -477,9 +477,9 @@ def test_default_ensemble_and_training_hours_beside_the_bench_runs(project, tmp_
     assert quality.pretrain_seconds(comp, ["tfidf", "minilm-dapt", "minilm-dapt+pseudo"],
                                     {"pretrain_seconds": {"minilm": 1000.0}}) == {"minilm": 1390.0}
 
-    q = {"train_hours": 3.47, "pretrain_seconds": {"minilm": 1390.0}}
-    assert "- met: quality part at most 4 hours of training on this CPU (3.47 h: the runs above + pretraining minilm 0.39 h)" \
-        in benchmarks_md.goals({"quality": q})
+    q = {"train_hours": 3.68, "pretrain_seconds": {"minilm": 1390.0}, "reference_train_seconds": 756.0}
+    assert ("- met: quality part at most 4 hours of training on this CPU (3.68 h: the runs above + pretraining "
+            "minilm 0.39 h + the references 0.21 h)") in benchmarks_md.goals({"quality": q})
     assert any(g.startswith("- not met: quality part at most 4 hours") for g in benchmarks_md.goals({"quality": {"train_hours": 4.2}}))
     assert any(g.startswith("- not measured: quality part at most 4 hours") for g in benchmarks_md.goals({"quality": {}}))
     md = benchmarks_md.render({"machine": {"cpu": "x", "cores": 2, "memory_gib": 1, "gpu": None, "os": "linux",
