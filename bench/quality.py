@@ -283,7 +283,7 @@ def scored_ensembles(answers: Answers, comp, names: list[str], runs: dict, work:
     return ensembles
 
 
-def default_ensemble(answers: Answers, comp, runs: dict, ensembles: dict, work: Path, previous: dict | None = None,
+def default_ensemble(answers: Answers, comp, ensembles: dict, work: Path, previous: dict | None = None,
                      stamp: dict | None = None) -> dict | None:
     """The ensemble of the competition's default MODELS (what a plain `make all` makes), with TTA
     where each of its runs has it, beside the bench's own runs: made when its runs are all finished
@@ -302,7 +302,8 @@ def default_ensemble(answers: Answers, comp, runs: dict, ensembles: dict, work: 
         proc = read_json(scratch / "process.json")
         return {"runs": members, "tta": tta, "test": answers.score_submission(sub), "oof_score": m["oof_score"],
                 "method": m["method"], "seconds": proc["wall_seconds"], "peak_rss_mb": proc["peak_rss_mb"],
-                "train_seconds": sum((runs.get(r) or {}).get("train_seconds") or 0.0 for r in members) or None}
+                "train_seconds": sum(read_json(res / r / "metrics.json").get("train_seconds") or 0.0
+                                     for r in members) or None}
     prev = previous or {}
     olds = [prev.get("default_ensemble"), *[(prev.get("ensembles") or {}).get(k) for k in ("plain + TTA", "plain")]]
     old = next((e for e in olds if e and e["runs"] == members), None)
@@ -356,7 +357,7 @@ def part_quality(args, comp, data: dict, work: Path, previous: dict | None = Non
     answers = Answers(comp, data["answers"])
     runs = scored_runs(answers, comp, args.runs, previous, stamp)
     ensembles = scored_ensembles(answers, comp, args.runs, runs, work, previous, stamp)
-    default = default_ensemble(answers, comp, runs, ensembles, work, previous, stamp)
+    default = default_ensemble(answers, comp, ensembles, work, previous, stamp)
     pretrain = pretrain_seconds(comp, list(runs), previous)
 
     train = pd.read_csv(data["train"])

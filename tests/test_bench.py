@@ -440,14 +440,14 @@ def test_default_ensemble_and_training_hours_beside_the_bench_runs(project, tmp_
                      "minilm": {"train_seconds": 3300.0}}, "ensembles": {"plain + TTA": ens}}
 
     fresh = {**ens, "runs": list(comp.default_models)}
-    assert quality.default_ensemble(answer, comp, {}, {"plain + TTA": fresh}, tmp_path / "w", prev, stamp) is fresh
-    kept = quality.default_ensemble(answer, comp, {}, {}, tmp_path / "w", prev, stamp)
+    assert quality.default_ensemble(answer, comp, {"plain + TTA": fresh}, tmp_path / "w", prev, stamp) is fresh
+    kept = quality.default_ensemble(answer, comp, {}, tmp_path / "w", prev, stamp)
     assert kept["test"]["micro_f1"] == 0.795 and kept["train_seconds"] == 3600.0
     assert kept["carried"] == "measured at git ad9dd70, 2026-12-04 02:42; some of its runs are not in results/ now"
-    again = quality.default_ensemble(answer, comp, {}, {}, tmp_path / "w", {"default_ensemble": kept}, {"git_sha": "x"})
+    again = quality.default_ensemble(answer, comp, {}, tmp_path / "w", {"default_ensemble": kept}, {"git_sha": "x"})
     assert again["carried"] == kept["carried"] and again["test"] == kept["test"]
     other = {"ensembles": {"plain + TTA": {**ens, "runs": ["tfidf", "minilm"]}}}
-    assert quality.default_ensemble(answer, comp, {}, {}, tmp_path / "w", other, stamp) is None
+    assert quality.default_ensemble(answer, comp, {}, tmp_path / "w", other, stamp) is None
 
     # the default runs all finished: their ensemble is made (TTA only when each has it)
     for r in comp.default_models:
@@ -458,11 +458,11 @@ def test_default_ensemble_and_training_hours_beside_the_bench_runs(project, tmp_
     calls, read_json = [], quality.read_json
     monkeypatch.setattr(quality, "ensemble_variant", lambda c, members, tta, w: calls.append((members, tta)) or made_sub)
     monkeypatch.setattr(quality, "read_json", lambda f: {"oof_score": 0.81, "method": "caruana", "wall_seconds": 9.0,
-                                                         "peak_rss_mb": 200.0})
+                                                         "peak_rss_mb": 200.0, "train_seconds": 100.0})
     monkeypatch.setattr(quality.Answers, "score_submission", lambda self, sub: {"micro_f1": 0.8, "macro_f1": 0.81})
-    made = quality.default_ensemble(answer, comp, {"tfidf": {"train_seconds": 100.0}}, {}, tmp_path / "w", prev, stamp)
+    made = quality.default_ensemble(answer, comp, {}, tmp_path / "w", prev, stamp)
     assert calls == [(["tfidf", "embed", "minilm"], False)] and "carried" not in made
-    assert made["test"]["micro_f1"] == 0.8 and made["method"] == "caruana" and made["train_seconds"] == 100.0
+    assert made["test"]["micro_f1"] == 0.8 and made["method"] == "caruana" and made["train_seconds"] == 300.0  # 3 runs
     monkeypatch.setattr(quality, "read_json", read_json)
 
     # pretraining: counted once for two runs on it, none for a run on a stock backbone
