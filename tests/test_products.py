@@ -13,6 +13,7 @@ import pytest
 from medalist.core import config as C
 from medalist.core.competition import load_competition, read_raw
 from medalist.core.config import Paths
+from medalist.core.groups import CHAINING, row_groups, summary
 from medalist.core.io import read_processed
 from medalist.core.metrics import score
 from medalist.demos.products import LABELS, write_demo
@@ -53,6 +54,11 @@ def test_rows_without_a_photo_stay_are_counted_and_duplicates_share_a_fold(proje
     md = (Paths(comp.name).results / "checks.md").read_text()
     assert f"| train | {len(sheet)} | {no_photo} ({no_photo / len(sheet):.1%}) | 0 |" in md
     assert "| test | 120 |" in md and "## Unreadable images" in md and "without an image" in md
+    # checks.md describes the folds' own grouping, chaining across modalities, and says so
+    g = row_groups(tr["text"].tolist(), tr["image"].fillna("").tolist(), comp.folds.near_dup_threshold).group
+    assert (pd.Series(tr["fold"].to_numpy()).groupby(g).nunique() == 1).all()
+    assert CHAINING in md
+    assert all(f"| {k} | {v} |" in md for k, v in summary(g).items())
 
 
 def test_a_named_photo_that_is_not_there_is_read_as_no_photo_unless_none_is(project, capsys):

@@ -14,6 +14,8 @@ Images (`image.audit`): files that do not decode, by name; formats and modes; wi
 aspect; exact and near duplicates within train and between train and test, the largest group and
 groups with conflicting labels; class distribution and a contact sheet of samples per class;
 adversarial validation on simple image statistics.
+Fold groups (`core.groups`, the grouping `make folds` assigns by): how many train rows share a
+fold with a duplicate, and, with text and images, that the groups chain across modalities.
 """
 from __future__ import annotations
 
@@ -26,9 +28,10 @@ import pandas as pd
 from medalist.core import config as C
 from medalist.core.competition import Competition, load_competition, read_raw
 from medalist.core.config import Paths, UserError, stage_parser
+from medalist.core.groups import CHAINING, row_groups, summary
 from medalist.core.io import write_text
 from medalist.core.plots import pyplot, save_figure
-from medalist.text.clean import RE_BYTES, RE_CODE, RE_EMAIL, RE_HTML, RE_LATEX, RE_URL, looks_english, normalise
+from medalist.text.clean import RE_BYTES, RE_CODE, RE_EMAIL, RE_HTML, RE_LATEX, RE_URL, clean, looks_english, normalise
 
 DETECTORS = {
     "HTML": lambda t: bool(RE_HTML.search(t)),
@@ -274,6 +277,20 @@ def _image_checks(comp: Competition, paths: Paths, train: pd.DataFrame, test: pd
     return md, auc
 
 
+def _fold_groups(comp: Competition, paths: Paths, train: pd.DataFrame) -> list[str]:
+    has_text, has_image = "text" in train.columns, "image" in train.columns
+    texts = [clean(t, comp.cleaning) for t in train["text"]] if has_text else None
+    images = ([(paths.raw / p).relative_to(C.root()).as_posix() if p else "" for p in train["image"]]
+              if has_image else None)
+    g = row_groups(texts, images, comp.folds.near_dup_threshold)
+    what = [f"texts whose character 5-gram Jaccard (cleaned, normalised) is at least {comp.folds.near_dup_threshold:g}, "
+            "every such pair, chained"] if has_text else []
+    what += ["images that are exact or near copies (above)"] if has_image else []
+    md = ["## Fold groups", "", f"Rows `make folds` keeps in one fold: {'; '.join(what)}.", "",
+          _table(["grouping", "rows"], [[k, v] for k, v in summary(g.group).items()]), ""]
+    return md + ([CHAINING, ""] if has_text and has_image else [])
+
+
 def run(comp: Competition) -> Path:
     paths = Paths(comp.name)
     if not (paths.raw / ".complete").exists():
@@ -286,6 +303,7 @@ def run(comp: Competition) -> Path:
     if "image" in train.columns:
         lines, aucs["images"] = _image_checks(comp, paths, train, test, with_classes="text" not in train.columns)
         md += lines
+    md += _fold_groups(comp, paths, train)
     out = write_text(paths.results / "checks.md", "\n".join(md))
     shown = ", ".join(f"{k} {v:.3f}" if len(aucs) > 1 else f"{v:.3f}" for k, v in aucs.items())
     print(f"checks: {out} (adversarial AUC {shown})")

@@ -10,9 +10,9 @@ Run     python -m medalist.stages.folds --comp demo
 
 Cleaning the competition config turns on (byte-string literals decoded, HTML stripped, URLs and
 emails replaced by markers) happens here, once, for every model. Folds are stratified by label
-and grouped (correctness rule 2): exact and near-duplicate texts (`text.dedup`) and exact and
-near-duplicate images (`image.dedup`) land in the same fold. In an image-only competition a train
-image that does not decode is left out, with a note (it has nothing to learn from); a test row
+and grouped (correctness rule 2, `core.groups`): every pair of texts at the near-duplicate
+threshold, and exact and near-duplicate images, land in the same fold, chained across
+modalities. In an image-only competition a train image that does not decode is left out, with a note (it has nothing to learn from); a test row
 always stays, whatever its image: every id needs a prediction.
 """
 from __future__ import annotations
@@ -25,10 +25,9 @@ from sklearn.model_selection import StratifiedGroupKFold
 from medalist.core import config as C
 from medalist.core.competition import Competition, load_competition, read_raw
 from medalist.core.config import Paths, UserError, stage_parser
+from medalist.core.groups import row_groups
 from medalist.core.io import write_csv
-from medalist.image.dedup import find_duplicates
 from medalist.text.clean import clean
-from medalist.text.dedup import near_duplicate_groups
 
 
 def assign_folds(groups: np.ndarray, labels: np.ndarray, n_folds: int, seed: int) -> np.ndarray:
@@ -43,17 +42,6 @@ def assign_folds(groups: np.ndarray, labels: np.ndarray, n_folds: int, seed: int
     for k, (_, val_idx) in enumerate(skf.split(np.zeros(n), labels, groups)):
         fold[val_idx] = k
     return fold
-
-
-def _joined(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """One grouping from two: rows share a group when either grouping puts them together."""
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
-
-    n = len(a)
-    edges = np.r_[a, b]
-    m = coo_matrix((np.ones(2 * n), (np.r_[np.arange(n), np.arange(n)], edges)), shape=(n, n))
-    return connected_components(m, directed=False)[1]
 
 
 def _drop_unreadable(train, readable: np.ndarray):
@@ -78,16 +66,13 @@ def run(comp: Competition) -> Path:
     if "image" in train.columns:
         for df in (train, test):
             df["image"] = [(paths.raw / p).relative_to(C.root()).as_posix() if p else "" for p in df["image"]]
-    groups = None
-    if has_text:
-        groups = near_duplicate_groups(train["text"].tolist(), threshold=comp.folds.near_dup_threshold,
-                                       seed=comp.folds.seed)
+    # one grouping, shared with `check` (core.groups): near duplicates of either modality share a fold
+    g = row_groups(train["text"].tolist() if has_text else None,
+                   train["image"].tolist() if "image" in train.columns else None, comp.folds.near_dup_threshold)
+    groups = g.group
     if "image" in train.columns:
-        dup = find_duplicates(train["image"].tolist())
-        image_groups = dup.group
-        if not has_text and not dup.readable.all():  # with text to read, the row still trains
-            train, image_groups = _drop_unreadable(train, dup.readable), dup.group[dup.readable]
-        groups = image_groups if groups is None else _joined(groups, image_groups)
+        if not has_text and not g.readable.all():  # with text to read, the row still trains
+            train, groups = _drop_unreadable(train, g.readable), g.group[g.readable]
         if len(train) < comp.folds.n:
             raise UserError(f"{comp.files.train}: {len(train)} readable images, fewer than {comp.folds.n} folds")
     train["fold"] = assign_folds(groups, train["label"].to_numpy(), comp.folds.n, comp.folds.seed)
