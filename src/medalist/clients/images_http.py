@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -24,10 +23,10 @@ from collections.abc import Iterable
 from urllib.parse import urlsplit
 
 import requests
-from tqdm import tqdm
 
 from medalist.core.competition import UrlImages
 from medalist.core.image_layouts import url_stem
+from medalist.core.progress import progress
 from medalist.image.decode import open_rgb
 
 RETRY_STATUS = {408, 425, 429, 500, 502, 503, 504}  # the host may answer later; a 404 will not change
@@ -78,7 +77,7 @@ def fetch_images(urls: Iterable[str], folder: Path, cfg: UrlImages, desc: str = 
     pool = ThreadPoolExecutor(max_workers=min(cfg.workers, len(todo)))
     try:
         futures = {pool.submit(_fetch_one, session, url, folder, cfg): url for url in todo}
-        with tqdm(total=len(todo), desc=desc, unit="img", file=sys.stderr, disable=None, mininterval=1.0) as bar:
+        with progress(total=len(todo), desc=desc, unit="img") as bar:
             for fut in as_completed(futures):
                 out[futures[fut]] = fut.result()
                 bar.update()

@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Protocol, Sequence
 
 import openai
-from tqdm import tqdm
 
 from medalist.core.config import UserError
+from medalist.core.progress import progress
 
 DEFAULT_BASE_URL = "http://localhost:8000/v1"
 USAGE_KEYS = ("prompt_tokens", "completion_tokens", "total_tokens")
@@ -138,7 +138,7 @@ def fetch(client: LLMClient, requests: Sequence[CachedRequest], cache_path: Path
         with cf.ThreadPoolExecutor(concurrency) as pool:
             futures = {pool.submit(client.complete, r.body): r for r in todo[1:]}
             try:
-                for fut in tqdm(cf.as_completed(futures), total=len(todo), initial=1, desc=desc, unit="req"):
+                for fut in progress(cf.as_completed(futures), total=len(todo), initial=1, desc=desc, unit="req"):
                     keep(futures[fut], fut.result())
             except BaseException:
                 for f in futures:

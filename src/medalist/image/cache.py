@@ -18,6 +18,7 @@ import numpy as np
 
 from medalist.core import config as C
 from medalist.core.io import atomic_path, write_text
+from medalist.core.progress import progress
 from medalist.image.decode import open_rgb, square
 
 
@@ -27,13 +28,10 @@ def _fingerprint(image_paths: Sequence[str]) -> str:
 
 def decode_all(image_paths: Sequence[str], size: int, desc: str = "decoding images") -> tuple[np.ndarray, np.ndarray]:
     """(n, size, size, 3) uint8 and a readable mask; an unreadable image is all zeros."""
-    from tqdm.auto import tqdm
-
     out = np.zeros((len(image_paths), size, size, 3), dtype=np.uint8)
     ok = np.zeros(len(image_paths), dtype=bool)
     root = C.root()
-    for i, p in enumerate(tqdm(image_paths, desc=f"{desc} at {size}px", unit="img", mininterval=2.0,
-                               disable=len(image_paths) < 500)):
+    for i, p in enumerate(progress(image_paths, desc=f"{desc} at {size}px", unit="img", disable=len(image_paths) < 500)):
         if not p:
             continue
         im = open_rgb(root / p)

@@ -21,6 +21,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from medalist.core.io import atomic_path, write_text
+from medalist.core.progress import progress
 from medalist.image.cache import ImageCache, images
 
 CHUNK = 256  # images fetched at a time: bounded memory at any size (and under decode_all's own progress bar)
@@ -81,11 +82,9 @@ def embed_pixels(ex: Extractor, pixels: np.ndarray, progress: Callable[[int], ob
 def compute(ex: Extractor, image_paths: Sequence[str],
             processed_dir: Path | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(n, d) float32 and a readable mask for these images, computed now (a progress bar over images)."""
-    from tqdm.auto import tqdm
-
     vecs, ok = [], []
-    with tqdm(total=len(image_paths), desc=f"features ({ex.name}, {ex.size}px)", unit="img", mininterval=2.0,
-              dynamic_ncols=True, disable=len(image_paths) < 500) as bar:
+    with progress(total=len(image_paths), desc=f"features ({ex.name}, {ex.size}px)", unit="img",
+                  disable=len(image_paths) < 500) as bar:
         for s in range(0, len(image_paths), CHUNK):
             pixels, good = images(list(image_paths[s:s + CHUNK]), ex.size, processed_dir)
             v = embed_pixels(ex, pixels, bar.update)

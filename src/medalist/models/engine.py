@@ -268,7 +268,7 @@ class _Run:
 
     def train_epoch(self, stage: Stage) -> float:
         from accelerate.utils import set_seed
-        from tqdm.auto import tqdm
+        from medalist.core.progress import progress
 
         acc, cfg, p = self.acc, self.cfg, self.progress
         set_seed(self.seed * 1000 + p.epoch, device_specific=True)  # dropout: a function of (seed, epoch) too
@@ -276,8 +276,8 @@ class _Run:
         mine = [shard(b, acc.process_index, acc.num_processes) for b in glob]
         windows = [mine[i:i + cfg.grad_accum] for i in range(0, len(mine), cfg.grad_accum)]
         self.model.train()
-        bar = tqdm(total=len(windows), desc=f"{self._at(stage)} epoch {p.stage_epoch + 1}/{stage.epochs}",
-                   disable=not acc.is_local_main_process, unit="step", dynamic_ncols=True)
+        bar = progress(total=len(windows), desc=f"{self._at(stage)} epoch {p.stage_epoch + 1}/{stage.epochs}",
+                       disable=not acc.is_local_main_process, unit="step")
         t0, seen, losses = time.time(), 0, []
         for window in windows:
             while True:

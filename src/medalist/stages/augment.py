@@ -18,13 +18,13 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import pandas as pd
-from tqdm import tqdm
 
 from medalist.core.config import AtLeastOne, Fraction, NonNegative, Paths, Range, stage_parser, UserError
 from medalist.core import config as C
 from medalist.core import generated
 from medalist.core.competition import load_competition
 from medalist.core.io import read_processed, write_csv, write_json
+from medalist.core.progress import progress
 from medalist.text.augmenters import build_augmenter, ensure_wordnet
 from medalist.text.clean import normalise
 from medalist.text.views import augment_text, child_seed
@@ -120,7 +120,7 @@ def run(comp_name: str) -> Path:
     seen_children: set[str] = set()
     counts = dict(made=0, math_or_unchanged=0, duplicate_train=0, duplicate_test=0, duplicate_within=0)
     rows = []
-    for parent in tqdm(parents.itertuples(index=False), total=len(parents), desc="augment", unit="row"):
+    for parent in progress(parents.itertuples(index=False), total=len(parents), desc="augment", unit="row"):
         for j in range(cfg.copies):
             seed = child_seed(cfg.seed, parent.id, j)
             rng = random.Random(seed)

@@ -31,14 +31,12 @@ import hashlib
 import json
 import os
 import shutil
-import sys
 import tempfile
 import time
 import zipfile
 from pathlib import Path
 
 from kagglesdk.competitions.types.competition_api_service import ApiDownloadDataFilesRequest
-from tqdm import tqdm
 
 from medalist.clients.images_http import Fetched, fetch_images
 from medalist.clients.kaggle import Api
@@ -47,6 +45,7 @@ from medalist.core.competition import Competition, image_urls, load_competition,
 from medalist.core.config import Paths, UserError, cli, stage_parser
 from medalist.core.io import write_csv
 from medalist.core.locks import stage_lock
+from medalist.core.progress import progress
 
 STAMP = ".complete"
 REPORT = "download_report.csv"
@@ -367,8 +366,8 @@ def _download_kaggle(comp: Competition, archive: Path, backoff_base: float) -> N
         # The SDK follows Kaggle's redirect and hands back the streamed file response.
         response = api.competitions.download_data_files(request)
         total = int(response.headers.get("Content-Length") or 0) or None
-        with response, archive.open("wb") as out, tqdm(
-            total=total, unit="B", unit_scale=True, desc=f"download {comp.slug}", file=sys.stderr, disable=None
+        with response, archive.open("wb") as out, progress(
+            total=total, unit="B", unit_scale=True, desc=f"download {comp.slug}"
         ) as bar:
             for chunk in response.iter_content(chunk_size=1 << 20):
                 out.write(chunk)

@@ -20,6 +20,7 @@ from medalist.core import config as C
 from medalist.core.competition import load_competition, write_submission
 from medalist.core.config import Paths, UserError, stage_parser
 from medalist.core.io import proba_frame, read_json, read_processed, write_csv
+from medalist.core.progress import progress
 from medalist.models.registry import load_run_predictor
 
 
@@ -45,10 +46,8 @@ def run(comp_name: str, run: str, ckpt: str | Path | None = None) -> Path:
         predictors = [load_run_predictor(run_dir, k, comp.n_classes) for k in folds]
         source = f"{len(folds)} folds"
     print(f"[{run}] predicting {len(test)} test rows from {source}", flush=True)
-    from tqdm.auto import tqdm
-
-    proba = np.mean([p(test) for p in tqdm(predictors, desc=f"[{run}] predicting", unit="fold",
-                                           disable=len(predictors) < 2)], axis=0)
+    proba = np.mean([p(test) for p in progress(predictors, desc=f"[{run}] predicting", unit="fold",
+                                               disable=len(predictors) < 2)], axis=0)
     write_csv(run_dir / "predict_test.csv", proba_frame(test["id"], proba))
     # the run's OOF score describes the fold average only; one checkpoint has no CV of its own
     cv = metrics["oof_score"] if metrics is not None and ckpt is None else None

@@ -9,6 +9,7 @@ from typing import Sequence
 
 import numpy as np
 
+from medalist.core.progress import progress
 from medalist.text.augmenters import protect
 from medalist.text.math_spans import mask, restore
 
@@ -48,11 +49,8 @@ def augment_views(texts: Sequence[str], augmenters: Sequence, k: int, seed: int,
                   tries: int = 3) -> list[list[str]]:
     """k augmented views per text (math protected). For TTA every text gets exactly k views:
     a view no try could make intact is the text itself."""
-    from tqdm.auto import tqdm
-
     views = []
-    for i, text in enumerate(tqdm(texts, desc=f"nlpaug views (k={k})", unit="text", mininterval=2.0,
-                                  disable=len(texts) < 200)):
+    for i, text in enumerate(progress(texts, desc=f"nlpaug views (k={k})", unit="text", disable=len(texts) < 200)):
         row = []
         for j in range(k):
             child = augment_text(text, augmenters, child_seed(seed, i, j), tries)

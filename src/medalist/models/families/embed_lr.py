@@ -100,12 +100,11 @@ def embed(cfg: Config, texts: list[str], data_dir: Path | None = None) -> np.nda
         _load_disk(disk)
     todo = sorted({k: t for k, t in zip(keys, texts) if k not in _CACHE}.items(), key=lambda kv: len(kv[1]))
     if todo:
-        from tqdm.auto import tqdm
+        from medalist.core.progress import progress
 
         tok, model, torch = _encoder(cfg.backbone)
         # the one long step of this family (14 minutes for 8k texts on 2 cores): show it
-        with torch.inference_mode(), tqdm(total=len(todo), desc=f"embedding ({cfg.backbone})", unit="text",
-                                          dynamic_ncols=True, mininterval=2.0) as bar:
+        with torch.inference_mode(), progress(total=len(todo), desc=f"embedding ({cfg.backbone})", unit="text") as bar:
             for i in range(0, len(todo), cfg.batch_size):
                 chunk = todo[i:i + cfg.batch_size]
                 enc = tok([t for _, t in chunk], padding=True, truncation=True, max_length=cfg.max_length,
