@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -18,6 +19,7 @@ from medalist.stages import augment
 from medalist.text import augmenters as textaug
 from medalist.text import views as textviews
 from medalist.text.clean import normalise
+from medalist.text.dedup import near_duplicates
 from medalist.text.math_spans import PREFIX, math_spans
 
 # (text, its protected spans in order) — the cases math-heavy Kaggle text is known for
@@ -160,7 +162,7 @@ def test_synonyms_from_debian_wordnet_keep_math(tmp_path):
 
 
 @contextlib.contextmanager
-def project(rows: list[tuple[str, int]], n_folds: int = 3, steps=STEPS, copies: int = 2):
+def project(rows: list[tuple[str, int]], n_folds: int = 3, steps=STEPS, copies: int = 2, near_dup: float = 0.8):
     """A throwaway project root with processed data and configs (hypothesis-friendly)."""
     with tempfile.TemporaryDirectory() as root:
         old = {k: os.environ.get(k) for k in ("MEDALIST_ROOT", "MEDALIST_CONFIGS")}
@@ -169,7 +171,8 @@ def project(rows: list[tuple[str, int]], n_folds: int = 3, steps=STEPS, copies: 
             cfg = Path(root) / "configs"
             (cfg / "competitions").mkdir(parents=True)
             (cfg / "competitions" / "toy.yaml").write_text(yaml.safe_dump(
-                {"name": "toy", "source": "local", "labels": ["A", "B", "C"], "folds": {"n": n_folds}}))
+                {"name": "toy", "source": "local", "labels": ["A", "B", "C"],
+                 "folds": {"n": n_folds, "near_dup_threshold": near_dup}}))
             (cfg / "augment.yaml").write_text(yaml.safe_dump({
                 "seed": 1, "copies": copies, "classes": "rare", "rare_fraction": 0.8,
                 "steps": [{"name": s, "p": 0.6, "aug_p": 0.3, "aug_max": 4} for s in steps]}))
@@ -207,7 +210,8 @@ def _check_children(paths, train):
 def test_make_augment_rows_folds_and_rebuild():
     rows = ([(t, 0) for t, _ in HARD] * 2 + [(f"Plain question number {i} about primes.", 1) for i in range(30)]
             + [("Find the value of x-2 when x = 7 and y is twice that number.", 2)])
-    with project(rows) as (paths, train):
+    # a low near-duplicate threshold, so some children of the test row's twin in train fall under it
+    with project(rows, near_dup=0.5) as (paths, train):
         llm = pd.DataFrame({"id": ["llm-1"], "text": ["A generated question"], "label": [1], "source": ["llm:m"],
                             "parent_id": [""], "folds": ["0;1"]})
         llm.to_csv(paths.generated.mkdir(parents=True) or paths.generated / "llm.csv", index=False)
@@ -217,6 +221,11 @@ def test_make_augment_rows_folds_and_rebuild():
         child_keys = [normalise(t, ignore_spacing=True) for t in aug["text"]]
         assert not set(child_keys) & {normalise(t, ignore_spacing=True) for t in train["text"]}  # no copy of a row
         assert len(set(child_keys)) == len(child_keys)
+        # rule 5: a near copy of a test row is dropped and counted (the test row is a parent's text)
+        test = pd.read_csv(paths.processed / "test.csv")
+        assert not near_duplicates(aug["text"].tolist(), test["text"].tolist(), 0.5).any()
+        stats = json.loads((paths.generated / "augment_stats.json").read_text())
+        assert stats["near_duplicate_test"] > 0 and stats["made"] == len(aug)
         # leakage: a child trains only in folds where its parent is not validated
         merged = aug.merge(train[["id", "fold"]], left_on="parent_id", right_on="id")
         assert not any(str(f) in fs.split(";") for f, fs in zip(merged["fold"], merged["folds"]))

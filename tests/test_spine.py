@@ -325,7 +325,7 @@ def test_use_gen_trains_on_generated_rows_of_each_fold_only(demo_raw):
     folds_stage.run(load_competition("demo"))
     paths = Paths("demo")
     train, _ = read_processed(paths)
-    parents = train.groupby("fold").head(2)
+    parents = train.groupby("fold").head(2).reset_index(drop=True)
     gen = pd.DataFrame({
         "id": [f"aug-{p}" for p in parents["id"]],
         "text": parents["text"] + " again",
@@ -334,14 +334,25 @@ def test_use_gen_trains_on_generated_rows_of_each_fold_only(demo_raw):
         "parent_id": parents["id"],
         "folds": [";".join(str(k) for k in range(5) if k != f) for f in parents["fold"]],
     })
+    # rule 5 for every source: a child of a fold-0 parent that copies a fold-1 row, and an LLM row
+    # that copies a fold-2 row, never train beside the rows they copy
+    longest = train.loc[train["text"].str.len().sort_values(ascending=False).index]
+    copied = {k: longest[longest["fold"] == k].iloc[0] for k in (1, 2)}
+    gen.loc[len(gen)] = ["aug-copy", copied[1]["text"] + " again", copied[1]["label"], "aug:swap",
+                         parents["id"].iloc[0], "1;2;3;4"]
+    gen.loc[len(gen)] = ["llm-copy", copied[2]["text"] + ".", copied[2]["label"], "llm:tiny", "", "0;1;2;3;4"]
     paths.generated.mkdir(parents=True)
     gen.to_csv(paths.generated / "generated_train.csv", index=False)
     plain = train_stage.run("demo", "tfidf")
     with_gen = train_stage.run("demo", "tfidf", use_gen=True)
     assert with_gen.name == "tfidf+gen" and plain.name == "tfidf" and (plain / "metrics.json").exists()
     metrics = __import__("json").loads((with_gen / "metrics.json").read_text())
-    # each fold gets the 8 rows whose parent sits in another fold, never its own 2
-    assert metrics["n_generated"] == [{"aug:swap": 8}] * 5
+    # each fold gets the 8 rows whose parent sits in another fold, never its own 2, nor a copy of its rows
+    assert metrics["n_generated"] == [{"aug:swap": 8, "llm:tiny": 1}, {"aug:swap": 8, "llm:tiny": 1},
+                                      {"aug:swap": 9}, {"aug:swap": 9, "llm:tiny": 1}, {"aug:swap": 9, "llm:tiny": 1}]
+    assert metrics["n_generated_dropped"] == [{}, {"aug:swap": 1}, {"llm:tiny": 1}, {}, {}]
+    assert metrics["n_generated_dropped"] == [d["n_generated_dropped"] for d in map(
+        lambda k: __import__("json").loads((with_gen / f"fold{k}" / "done.json").read_text()), range(5))]
     oof = pd.read_csv(with_gen / "oof.csv", dtype={"id": str})
     assert not oof["id"].str.startswith("aug-").any() and len(oof) == len(train)
 

@@ -8,7 +8,10 @@ Run:    make augment COMP=demo   (= python -m medalist.stages.augment --comp dem
 
 A child keeps its parent's label and trains in every fold but its parent's: its parent is
 validated there. Children equal (after normalisation) to a train or test row, their parent or
-another child are dropped; so are children whose math could not be kept intact.
+another child are dropped, and so are near duplicates of a test row (correctness rule 5: the
+character n-gram Jaccard of `folds.near_dup_threshold`) and children whose math could not be kept
+intact. A child that near-duplicates a validation row of another fold is left out of that fold
+by `train`, which counts it in metrics.json.
 """
 from __future__ import annotations
 
@@ -27,6 +30,7 @@ from medalist.core.io import read_processed, write_csv, write_json
 from medalist.core.progress import progress
 from medalist.text.augmenters import build_augmenter, ensure_wordnet
 from medalist.text.clean import normalise
+from medalist.text.dedup import near_duplicates
 from medalist.text.views import augment_text, child_seed
 
 StepName = Literal["swap", "delete", "crop", "spelling", "keyboard", "synonym", "contextual"]
@@ -118,7 +122,8 @@ def run(comp_name: str) -> Path:
     seen_train = {normalise(t, ignore_spacing=True) for t in train["text"]}
     seen_test = {normalise(t, ignore_spacing=True) for t in test["text"]}
     seen_children: set[str] = set()
-    counts = dict(made=0, math_or_unchanged=0, duplicate_train=0, duplicate_test=0, duplicate_within=0)
+    counts = dict(made=0, math_or_unchanged=0, duplicate_train=0, duplicate_test=0, duplicate_within=0,
+                  near_duplicate_test=0)
     rows = []
     for parent in progress(parents.itertuples(index=False), total=len(parents), desc="augment", unit="row"):
         for j in range(cfg.copies):
@@ -143,6 +148,10 @@ def run(comp_name: str) -> Path:
                 folds=generated.folds_str(k for k in range(n_folds) if k != parent.fold),
             ))
     out = pd.DataFrame(rows, columns=generated.COLUMNS)
+    near = near_duplicates(out["text"].tolist(), test["text"].tolist(), comp.folds.near_dup_threshold)
+    counts["near_duplicate_test"] = int(near.sum())
+    counts["made"] -= int(near.sum())
+    out = out[~near].reset_index(drop=True)
     write_csv(paths.generated / "aug.csv", out)
     write_json(paths.generated / "augment_stats.json", dict(
         counts, classes=[comp.labels[c] for c in classes], parents=len(parents), copies=cfg.copies,

@@ -38,6 +38,7 @@ from medalist.core.runtime import current_threads
 from medalist.models import FoldData, Tokenized
 from medalist.models.backbones import pretrain_key
 from medalist.models.registry import load_model_config
+from medalist.text.dedup import near_duplicates
 
 
 def run_name(model: str, use_gen: bool, gen: tuple[str, ...] = ()) -> str:
@@ -50,9 +51,15 @@ def _state():
     return PartialState()
 
 
-def _gen_for_fold(gen: pd.DataFrame, k: int) -> pd.DataFrame:
+def _gen_for_fold(gen: pd.DataFrame, k: int, val_texts: pd.Series, threshold: float) -> tuple[pd.DataFrame, dict[str, int]]:
+    """The generated rows fold k trains on: those whose `folds` names k, less any that
+    near-duplicates one of fold k's validation texts (correctness rule 5, for every source: an
+    augmented child can copy a row of another fold than its parent's). Also what was dropped, by source."""
     sets = gen["folds"].astype(str).str.split(";")
-    return gen[sets.map(lambda s: str(k) in s)]
+    g = gen[sets.map(lambda s: str(k) in s)]
+    near = near_duplicates(g["text"].astype(str).tolist(), val_texts.astype(str).tolist(), threshold)
+    dropped = {str(s): int(c) for s, c in g.loc[near, "source"].value_counts().sort_index().items()}
+    return g[~near], dropped
 
 
 def run(comp_name: str, model: str, use_gen: bool = False, folds: list[int] | None = None,
@@ -75,7 +82,8 @@ def run(comp_name: str, model: str, use_gen: bool = False, folds: list[int] | No
                 "data_digest": _digest(paths.processed / "train.csv", paths.processed / "test.csv")}
     if gen is not None:  # new generated rows retrain the folds; unchanged ones keep them
         resolved["generated"] = {"sources": sorted(set(generated.kind(gen["source"]))), "rows": len(gen),
-                                 "digest": generated.digest(gen)}
+                                 "digest": generated.digest(gen),
+                                 "near_dup_threshold": comp.folds.near_dup_threshold}
     if isinstance(cfg, Tokenized) and (key := pretrain_key(cfg.backbone, comp.name)):  # a new pretraining retrains too
         resolved["pretrain_key"] = key
     cfg_hash = hashlib.sha256(json.dumps(resolved, sort_keys=True).encode()).hexdigest()[:16]
@@ -106,9 +114,10 @@ def run(comp_name: str, model: str, use_gen: bool = False, folds: list[int] | No
                 tr = tr.sample(n=cfg.max_train_rows, random_state=cfg.seed)
             va = train[train["fold"] == k]
             n_gen: dict[str, int] = {}
+            n_dropped: dict[str, int] = {}
             rows, labels = tr[cols], tr["label"].to_numpy()
             if gen is not None:
-                g = _gen_for_fold(gen, k)
+                g, n_dropped = _gen_for_fold(gen, k, va["text"], comp.folds.near_dup_threshold)
                 n_gen = {str(s): int(c) for s, c in g["source"].value_counts().sort_index().items()}
                 rows = pd.concat([rows, g[cols]])
                 labels = np.concatenate([labels, g["label"].to_numpy(dtype=int)])
@@ -126,7 +135,8 @@ def run(comp_name: str, model: str, use_gen: bool = False, folds: list[int] | No
                 write_csv(fold_dir / "val.csv", proba_frame(fold.val_ids, res.val_proba, k))
                 write_csv(fold_dir / "test.csv", proba_frame(fold.test_ids, res.test_proba))
                 write_json(done, {"config_hash": cfg_hash, "fold": k, "score": s, "seconds": seconds,
-                                  "n_train": len(tr), "n_generated": n_gen, "peak_rss_mb": C.peak_rss_mb(),
+                                  "n_train": len(tr), "n_generated": n_gen,
+                                  "n_generated_dropped": n_dropped, "peak_rss_mb": C.peak_rss_mb(),
                                   "threads": current_threads(), "info": res.info})
                 print(f"[{name}] fold {k}: {comp.metric} {s:.4f}  ({seconds:.1f}s, {len(rows)} train rows)")
             state.wait_for_everyone()
@@ -186,6 +196,8 @@ def _assemble(comp, train: pd.DataFrame, test: pd.DataFrame, run_dir: Path, name
         "fold_std": float(np.std([d["score"] for d in dones])),
         "n_train": int(len(train)),
         "n_generated": [d["n_generated"] for d in dones],
+        # rule 5: generated rows left out of fold k's training as near duplicates of its validation rows
+        "n_generated_dropped": [d.get("n_generated_dropped", {}) for d in dones],  # none in folds finished before it counted
         "train_seconds": float(sum(d["seconds"] for d in dones)),
         "predict_seconds": float(sum(i.get("predict_seconds", 0.0) for i in infos)),
         "train_samples_per_s": _mean([i.get("train_samples_per_s") for i in infos]),
