@@ -1,7 +1,9 @@
 """BENCHMARKS.md from bench/results.json: machine, commands, goals met or not, and a table per part."""
 from __future__ import annotations
 
+import dedup
 import images
+import validation
 from quality import REFERENCE_TFIDF
 
 
@@ -117,7 +119,8 @@ def render(res: dict) -> str:
          "- " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()), "",
          *stamp_lines(res),
          "## Commands", "", "```bash", *res.get("commands", []),
-         *dict.fromkeys(((res.get("images") or {}).get("bench_commands") or {}).values()),
+         *dict.fromkeys([*((res.get("images") or {}).get("bench_commands") or {}).values(),
+                         *(res.get("part_commands") or {}).values()]),
          "```", "", "## Goals", "", *goals(res), ""]
     if q:
         L += ["## Quality (test set, scored against the answers)", "",
@@ -191,6 +194,8 @@ def render(res: dict) -> str:
                      f"{fmt(r.get('trainer_predict_seconds'), 1)} |")
         L.append("")
     L += images.render(res.get("images") or {})
+    L += dedup.render(res.get("dedup") or {})
+    L += validation.render(res.get("validation") or {})
     gpu_check = res.get("gpu_check")
     if gpu_check:
         L += gpu_section(gpu_check)

@@ -16,6 +16,11 @@ Parts (--parts, default all):
   growth   training and inference time against data size: TF-IDF measured at each size, the neural
            models' training extrapolated from the speed part's medians, medalist's inference
            measured at each size through load_predictor; a table and bench/growth.png.
+  dedup    (bench/dedup.py) recall and time of the near-duplicate grouping of `make folds` against
+           exact all-pairs, on the competition's train texts and a 20,000-row synthetic set.
+  validation (bench/validation.py) each default run of the competition and of --image-comp and
+           their ensemble: OOF against test, the gap and its two standard errors, rankings compared
+           (after the images part, whose `make all` builds --image-comp's runs).
   images   (= images-speed + images-quality; bench/images.py) an image competition (--image-comp,
            fashion-products) end to end: `make all` stage by stage with wall time and peak RSS per
            stage, test accuracy / macro-F1 of each run and of the ensemble beside SOURCE.md's
@@ -51,11 +56,13 @@ from medalist.core import config as C
 from medalist.core.competition import load_competition
 from medalist.core.config import UserError
 from medalist.core.io import read_json, write_json, write_text
+from dedup import part_dedup
 from images import part_images
 from memory_growth import part_growth, plot_growth, stage_table
 from processes import BENCH, REPO
 from quality import part_quality
 from speed import part_speed
+from validation import part_validation
 
 
 def machine() -> dict:
@@ -86,8 +93,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--runs", default="tfidf embed minilm", help="BENCH_MODELS: the runs `make all` built")
     ap.add_argument("--model", default="minilm", help="the neural model config of the A/B and the Trainer reference")
     ap.add_argument("--model-config", type=Path, help="default: configs/models/<model>.yaml")
-    ap.add_argument("--parts", default="quality,speed,growth,images",
-                    help="of quality, speed, growth, images (= images-speed,images-quality)")
+    ap.add_argument("--parts", default="quality,speed,growth,images,dedup,validation",
+                    help="of quality, speed, growth, images (= images-speed,images-quality), dedup, validation")
     ap.add_argument("--steps", type=int, default=10, help="optimizer steps per speed run")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--infer-rows", type=int, default=512)
@@ -116,10 +123,10 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     a.parts = set(a.parts.split(","))
     if "images" in a.parts:
         a.parts = (a.parts - {"images"}) | {"images-speed", "images-quality"}
-    unknown = a.parts - {"quality", "speed", "growth", "images-speed", "images-quality"}
+    unknown = a.parts - {"quality", "speed", "growth", "images-speed", "images-quality", "dedup", "validation"}
     if unknown:
         raise UserError(f"--parts: unknown part(s) {sorted(unknown)} (quality, speed, growth, images, "
-                        f"images-speed, images-quality)")
+                        f"images-speed, images-quality, dedup, validation)")
     if min(a.repeats, a.steps, a.image_repeats, a.image_steps, a.image_infer_rows) < 1:
         raise UserError("--repeats, --steps and the --image-… counts must be at least 1")
     if a.image_workers < 0:
@@ -180,6 +187,10 @@ def main(argv: list[str] | None = None) -> None:
         plot_growth(res["growth"], a.plot)
     if a.parts & {"images-speed", "images-quality"}:
         res["images"] = part_images(a, res.get("images"))
+    if "dedup" in a.parts:
+        res["dedup"] = part_dedup(a)
+    if "validation" in a.parts:
+        res["validation"] = part_validation(a, work / "validation")
 
     q, s = res.get("quality") or {}, res.get("speed") or {}
     for key in ("ensemble_test_micro_f1", "ensemble_test_macro_f1", "best_single_test_micro_f1", "tfidf_test_micro_f1",
@@ -202,6 +213,7 @@ def main(argv: list[str] | None = None) -> None:
         # each images part's own command: a part not rerun keeps the one that measured it
         cmds = res["images"].setdefault("bench_commands", {})
         cmds.update({part: cmd for part in sorted(a.parts & {"images-speed", "images-quality"})})
+    res.setdefault("part_commands", {}).update({part: cmd for part in sorted(a.parts & {"dedup", "validation"})})
     gpu_file = BENCH / "gpu_check.json"  # written on a GPU box by bench/gpu_check.py
     if gpu_file.exists():
         res["gpu_check"] = json.loads(gpu_file.read_text())

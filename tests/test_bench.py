@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
@@ -511,3 +512,51 @@ def test_images_speed_renders_the_ratios_and_the_fp32_row(monkeypatch):
     assert "native bf16 — this one: yes" in md
     goals = images.goals({"speed": s})
     assert any(g.startswith("- met:") and "inference" in g for g in goals)
+
+
+def test_validation_sets_oof_beside_test_with_the_gap_and_its_noise(project, tmp_path, monkeypatch):
+    """Part validation: each default run's OOF beside its test score, the gap within or beyond two
+    standard errors, the rankings compared; a run not trained is named, and no ensemble is made
+    without it."""
+    validation = _bench_module(monkeypatch, "validation")
+    ids = [str(i) for i in range(200)]
+    y = np.arange(200) % 10
+    answers = tmp_path / "test_labels.csv"
+    pd.DataFrame({"id": ids, "label": y}).to_csv(answers, index=False)
+    processed = project / "data" / "processed" / "fashion-products"
+    processed.mkdir(parents=True)
+    pd.DataFrame({"id": [f"t{i}" for i in range(800)]}).to_csv(processed / "train.csv", index=False)
+    res = project / "results" / "fashion-products"
+    for run, right, oof in (("cnn", 180, 0.91), ("image-embed", 120, 0.85)):  # test 0.90 and 0.60
+        pred = y.copy()
+        pred[right:] = (y[right:] + 1) % 10
+        _proba_csv(res / run / "test.csv", ids, pred)
+        (res / run / "metrics.json").write_text(json.dumps({"oof_score": oof}))
+    monkeypatch.setattr(validation, "default_ensemble", lambda answer, comp, ens, work: {
+        "method": "mean", "tta": False, "oof_score": 0.92, "test": {"micro_f1": 0.91}})
+    v = validation.one("fashion-products", answers, tmp_path / "w")
+    cnn, embed, ens = v["rows"]
+    assert cnn["within"] and abs(cnn["gap"] + 0.01) < 1e-9
+    se = np.sqrt(0.91 * 0.09 / 800 + 0.9 * 0.1 / 200)
+    assert abs(cnn["two_se"] - 2 * se) < 1e-9
+    assert not embed["within"] and abs(embed["gap"] + 0.25) < 1e-9  # far beyond its noise
+    assert ens["what"] == "ensemble (mean)" and ens["within"]
+    assert v["same_ranking"] and v["rank_by_oof"] == ["cnn", "image-embed"]
+    md = "\n".join(validation.render({"comps": [v]}))
+    assert "## Validation (OOF against held-out)" in md and "| image-embed | 0.8500 | 0.6000 | -0.2500 |" in md
+    assert "Ranking by OOF equals the ranking by test" in md
+
+    (res / "cnn" / "metrics.json").unlink()
+    monkeypatch.setattr(validation, "default_ensemble", lambda *a: pytest.fail("an ensemble without all its runs"))
+    v = validation.one("fashion-products", answers, tmp_path / "w")
+    assert v["missing"] == ["cnn"] and [r["what"] for r in v["rows"]] == ["image-embed"]
+    assert "| not trained: cnn |" in "\n".join(validation.render({"comps": [v]}))
+
+
+def test_dedup_part_measures_full_recall_against_all_pairs(monkeypatch):
+    dedup = _bench_module(monkeypatch, "dedup")
+    texts = dedup.synthetic(600, seed=3)
+    r = dedup.measure(texts, 0.8)
+    assert r["pairs"] > 50 and r["recall"] == 1.0 and r["pairs_in_one_group"] == r["pairs"]
+    md = "\n".join(dedup.render({"sets": [{"data": "synthetic", **r}]}))
+    assert "## Near-duplicate grouping (folds)" in md and "| synthetic | 600 | 0.8 |" in md

@@ -1,0 +1,81 @@
+"""`make bench`, part validation: can the CV be trusted? For each competition (math-subjects and
+the images part's fashion-products), each run of its default MODELS and their ensemble (what a
+plain `make all` makes): OOF score (nested for the ensemble), test score against the answers, the
+gap and its two standard errors, and whether ranking the runs by OOF ranks them as the test does.
+
+The gap's standard error treats OOF and test as two independent samples of a proportion (micro-F1
+is accuracy here): sqrt(p(1-p)/n_test + p(1-p)/n_train); a gap within two of them is noise.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from medalist.core import config as C
+from medalist.core.competition import load_competition
+from quality import Answers, default_ensemble, run_entry
+
+
+def _row(name: str, oof: float | None, test: float | None, n_train: int, n_test: int) -> dict:
+    if oof is None or test is None:
+        return {"what": name, "oof": oof, "test": test}
+    se = float(np.sqrt(oof * (1 - oof) / n_train + test * (1 - test) / n_test))
+    return {"what": name, "oof": oof, "test": test, "gap": test - oof, "two_se": 2 * se,
+            "within": bool(abs(test - oof) <= 2 * se)}
+
+
+def one(comp_name: str, answers_path: Path, work: Path) -> dict:
+    comp = load_competition(comp_name)
+    res = C.root() / "results" / comp.name
+    answers = Answers(comp, answers_path)
+    n_test = len(answers.y)
+    processed = C.root() / "data" / "processed" / comp.name / "train.csv"
+    n_train = len(pd.read_csv(processed, usecols=["id"])) if processed.exists() else 0
+    rows, missing = [], []
+    for run in comp.default_models:
+        if not (res / run / "metrics.json").exists():
+            missing.append(run)
+            continue
+        e = run_entry(answers, res / run)
+        rows.append(_row(run, e["oof_score"], e["test"]["micro_f1"], n_train, n_test))
+    ens = default_ensemble(answers, comp, {}, work / comp.name) if not missing else None
+    if ens:
+        rows.append(_row(f"ensemble ({ens['method']}{', TTA' if ens.get('tta') else ''})", ens["oof_score"],
+                         ens["test"]["micro_f1"], n_train, n_test))
+    runs = [r for r in rows if not r["what"].startswith("ensemble") and r.get("gap") is not None]
+    by_oof = [r["what"] for r in sorted(runs, key=lambda r: -r["oof"])]
+    by_test = [r["what"] for r in sorted(runs, key=lambda r: -r["test"])]
+    return {"comp": comp.name, "metric": comp.metric, "n_train": n_train, "n_test": n_test, "rows": rows,
+            "missing": missing, "rank_by_oof": by_oof, "rank_by_test": by_test, "same_ranking": by_oof == by_test}
+
+
+def part_validation(args, work: Path) -> dict:
+    return {"comps": [one(args.comp, args.answers, work), one(args.image_comp, args.image_answers, work)]}
+
+
+def _f(x) -> str:
+    return "—" if x is None else f"{x:.4f}"
+
+
+def render(v: dict) -> list[str]:
+    if not v:
+        return []
+    L = ["## Validation (OOF against held-out)", "",
+         ("Each run of a competition's default MODELS and their ensemble (what a plain `make all` makes): OOF "
+          "(nested for the ensemble: the method is chosen inside each outer fold), the test score against the "
+          "answers, the gap (test − OOF) and two standard errors of it (OOF and test as two independent "
+          "samples of a proportion). Folds are grouped by near duplicates (section above)."), ""]
+    for c in v["comps"]:
+        L += [f"**{c['comp']}** ({c['metric']}; {c['n_train']} train rows, {c['n_test']} test rows)", "",
+              "| what | OOF | test | gap | 2 SE | gap within 2 SE |", "|---|---|---|---|---|---|"]
+        for r in c["rows"]:
+            gap = "—" if r.get("gap") is None else f"{r['gap']:+.4f}"
+            L.append(f"| {r['what']} | {_f(r['oof'])} | {_f(r['test'])} | {gap} | {_f(r.get('two_se'))} | "
+                     f"{'—' if r.get('within') is None else 'yes' if r['within'] else 'no'} |")
+        if c["missing"]:
+            L.append(f"| not trained: {', '.join(c['missing'])} | | | | | |")
+        L += ["", (f"Ranking by OOF {'equals' if c['same_ranking'] else 'differs from'} the ranking by test: "
+                   f"OOF {' > '.join(c['rank_by_oof'])}; test {' > '.join(c['rank_by_test'])}."), ""]
+    return L
