@@ -24,7 +24,7 @@ sys.path.insert(0, str(REPO / "src"))
 
 from medalist.core import config as C  # noqa: E402
 from medalist.models import FoldData  # noqa: E402
-from medalist.models.training import Stage, TrainConfig  # noqa: E402
+from medalist.models.training import Adapter, Stage, TrainConfig  # noqa: E402
 
 N_FEATURES, N_CLASSES = 4, 3
 
@@ -41,7 +41,7 @@ class Toy(torch.nn.Module):
         return self.head(h), self.decoder(h)
 
 
-class ToyAdapter:
+class ToyAdapter(Adapter):
     n_classes = N_CLASSES
 
     def __init__(self) -> None:
@@ -76,14 +76,6 @@ class ToyAdapter:
 
     def proba(self, model, batch: dict) -> torch.Tensor:
         return torch.softmax(model(batch["x"])[0].float(), dim=-1)
-
-    def save(self, acc, model, out_dir: Path) -> None:
-        if acc.is_main_process:
-            from safetensors.torch import save_file
-
-            Path(out_dir).mkdir(parents=True, exist_ok=True)
-            save_file({k: v.contiguous() for k, v in acc.get_state_dict(model).items()},
-                      str(Path(out_dir) / "model.safetensors"))
 
 
 def load_saved(path: Path) -> Toy:

@@ -91,7 +91,7 @@ def test_modality_dropout_never_takes_the_text_of_a_photo_less_row(trained):
     np.testing.assert_allclose(dropped[~ok].numpy(), plain[~ok].numpy(), atol=1e-6)
     assert not np.allclose(dropped[ok].numpy(), plain[ok].numpy(), atol=1e-4)
     assert adapter.lr_scale("text.encoder.layer.0.attention.self.query.weight") == cfg.text_lr_scale
-    assert adapter.lr_scale("module.image.conv_stem.weight") == cfg.image_lr_scale
+    assert adapter.lr_scale("image.conv_stem.weight") == cfg.image_lr_scale
     assert adapter.lr_scale("head.1.weight") == 1.0
 
 

@@ -1,5 +1,6 @@
-"""The one accelerate training engine every neural family uses, through an `Adapter`
-(declared, with the config and stages, in `medalist.models.training`).
+"""The one accelerate training engine every neural family uses, through an `Adapter` (the base
+class, with the config and stages, in `medalist.models.training`): the engine calls the adapter's
+hooks, with the model out of its distributed wrapper; an adapter never drives the loop.
 
 Two modes: `fit_fold` (k-fold: for each of `n_seeds` seeds a fresh model trains on the fold's rows,
 then predicts validation and test; the fold's probabilities are the mean over seeds) and
@@ -8,7 +9,8 @@ folds and no predictions). Training runs through `stages` (each its own trainabl
 learning rate, epochs and input size). The engine owns what is the same for every family:
 length-grouped batches (by the adapter's per-item cost) in an order that is a pure function of
 (seed, epoch), so a run killed mid-way resumes from its last epoch checkpoint and ends with the
-predictions an uninterrupted run makes; out-of-memory halving; TensorBoard; bf16 wherever CUDA
+predictions an uninterrupted run makes; out-of-memory halving (half batches, twice the accumulation,
+the same optimizer steps and per-step hooks: the same model); TensorBoard; bf16 wherever CUDA
 supports it, and on a CPU that computes bf16 natively where the config asks (`cpu_bf16_training`); gathering across processes; best-epoch selection and early stopping (marked optimistic).
 
 Files under a run's out_dir: the adapter's final weights (one seed) or seed<s>/ per seed (+ result.npz);
@@ -147,16 +149,17 @@ class _Run:
         # frozen by the adapter (a LoRA base): never trained, so checkpoints leave them out
         self.frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
         self.frozen_before = fingerprint((n, p) for n, p in model.named_parameters() if n in self.frozen)
-        self.init_info = self._adapter_info(model, "init")
+        self.init_info = self.adapter.info(model, "init")
         self.model = model
         self.ckpts = Checkpoints(acc, self.frozen)
 
+    @property
+    def module(self) -> torch.nn.Module:
+        """The model out of its distributed wrapper: what the adapter's hooks get."""
+        return self.acc.unwrap_model(self.model)
+
     def _at(self, stage: Stage) -> str:
         return self.name if len(self.stages) == 1 else f"{self.name} stage {stage.name}"
-
-    def _adapter_info(self, model, when: str) -> dict:
-        fn = getattr(self.adapter, "info", None)
-        return fn(model, when) if fn else {}
 
     def items(self, stage: Stage) -> tuple:
         """(train items, their costs, val items, test items) at this stage's input size."""
@@ -192,12 +195,11 @@ class _Run:
 
     def _optimizer(self, model, lr: float):
         """AdamW: no decay on biases and norms; the adapter may scale lr per parameter."""
-        scale = getattr(self.adapter, "lr_scale", None)
         groups: dict[tuple[float, float], list] = {}
         for name, p in model.named_parameters():
             if p.requires_grad:
                 wd = 0.0 if p.ndim < 2 or "norm" in name.lower() else self.cfg.weight_decay
-                groups.setdefault((wd, scale(name) if scale else 1.0), []).append(p)
+                groups.setdefault((wd, self.adapter.lr_scale(name)), []).append(p)
         params = [{"params": ps, "weight_decay": wd, "lr": lr * s} for (wd, s), ps in sorted(groups.items())]
         if self.cfg.fused_adamw:
             try:
@@ -224,7 +226,8 @@ class _Run:
         return {k: v.to(self.acc.device) for k, v in batch.items()}
 
     def _step(self, window: list[np.ndarray]) -> dict[str, float]:
-        """One optimizer step over a window of batches, each split into 2^halvings micro-batches."""
+        """One optimizer step over a window of batches, each split into 2^halvings micro-batches;
+        the adapter's per-step hook runs once, after it, however the window was split."""
         from accelerate.utils import DistributedType
 
         acc, model = self.acc, self.model
@@ -250,6 +253,7 @@ class _Run:
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
+        self.adapter.on_optimizer_step(self.module)
         return totals
 
     def _on_oom(self, e: BaseException, batch_rows: int) -> None:
@@ -276,6 +280,7 @@ class _Run:
         mine = [shard(b, acc.process_index, acc.num_processes) for b in glob]
         windows = [mine[i:i + cfg.grad_accum] for i in range(0, len(mine), cfg.grad_accum)]
         self.model.train()
+        self.adapter.on_train_mode(self.module)
         bar = progress(total=len(windows), desc=f"{self._at(stage)} epoch {p.stage_epoch + 1}/{stage.epochs}",
                        disable=not acc.is_local_main_process, unit="step")
         t0, seen, losses = time.time(), 0, []
@@ -307,7 +312,7 @@ class _Run:
         """Probabilities in the original row order, gathered from every process, each row exactly once."""
         out, seen = np.zeros((n, self.adapter.n_classes)), np.zeros(n, dtype=int)
         self.model.eval()
-        model = inference_form(self.adapter, self.model)
+        model = inference_form(self.adapter, self.module, self.model)
         with torch.no_grad():
             for batch in loader:
                 idx = batch.pop("idx")
@@ -375,8 +380,10 @@ class _Run:
         test_proba = self.predict(self.test_loader, len(self.test)) if self.test is not None else None
         predict_s = time.time() - t0
         acc.wait_for_everyone()
-        unwrapped = acc.unwrap_model(self.model)
-        self.adapter.save(acc, self.model, self.out_dir)
+        unwrapped = self.module
+        state = acc.get_state_dict(self.model)  # every process takes part (gathered under DeepSpeed/FSDP)
+        if acc.is_main_process:
+            self.adapter.save(unwrapped, state, self.out_dir)
         acc.wait_for_everyone()
         info = {
             "seed": self.seed,
@@ -400,7 +407,7 @@ class _Run:
             "frozen_fingerprint_before": self.frozen_before,
             "frozen_fingerprint_after": fingerprint((n, q) for n, q in unwrapped.named_parameters()
                                                     if n in self.frozen),
-            **self.init_info, **self._adapter_info(unwrapped, "end"),
+            **self.init_info, **self.adapter.info(unwrapped, "end"),
         }
         for tracker in acc.trackers:  # not end_training(): that also ends the process group the next fold needs
             tracker.finish()

@@ -1,15 +1,17 @@
 """What a neural family declares to the training engine (`medalist.models.engine`), and how its
 saved weights predict again: the engine's config (`TrainConfig`, which a family's Config extends)
-with its `Stage`s, the `Adapter` protocol, the pure pieces of the loop (batch order, lr schedule,
-resume key, weight fingerprints), and inference from saved weights without accelerate.
+with its `Stage`s, the `Adapter` base class every neural family's adapter extends, the pure pieces
+of the loop (batch order, lr schedule, resume key, weight fingerprints), and inference from saved
+weights without accelerate.
 """
 from __future__ import annotations
 
+import abc
 import dataclasses
 import hashlib
 import math
 from pathlib import Path
-from typing import Annotated, Any, Callable, Literal, Protocol
+from typing import Annotated, Any, Callable, Literal
 
 import numpy as np
 import pandas as pd
@@ -58,23 +60,77 @@ class TrainConfig(RunConfig):
                 for s in (self.stages or (Stage(),))]
 
 
-class Adapter(Protocol):
-    """What a family tells the engine. An item is one row's data, unpadded; a batch is tensors.
+class Adapter(abc.ABC):
+    """What a family tells the engine, and the hooks the engine calls on it; the engine calls the
+    adapter, never the reverse. An item is one row's data, unpadded; a batch is tensors.
 
-    Optional: lr_scale(name) -> float (per-parameter lr factor, e.g. layer-wise decay),
-    info(model, when: "init" | "end") -> dict (extra facts for FoldResult.info) and
-    for_inference(model) -> module (a prediction-only form that `proba` accepts, built once a pass).
+    `loss` and `proba` get the model as the engine runs it — inside its distributed wrapper, whose
+    forward is what syncs gradients. Every other method gets the module itself
+    (`accelerator.unwrap_model`), so no family unwraps. A method that is not abstract is an optional
+    hook: its default is what a family without an opinion wants.
     """
 
-    n_classes: int
+    n_classes: int = 0  # 0: predicts no class (an unsupervised run)
 
-    def build_model(self, device_index: int) -> torch.nn.Module: ...  # fresh; the engine seeds torch first
-    def make_items(self, rows: pd.DataFrame, stage: Stage) -> list[dict]: ...
-    def cost(self, item: dict) -> float: ...  # grouping key: token count, pixel count
-    def collate(self, items: list[dict]) -> dict[str, torch.Tensor]: ...
-    def loss(self, model, batch: dict) -> dict[str, torch.Tensor]: ...  # "loss" summed over rows; others logged
-    def proba(self, model, batch: dict) -> torch.Tensor: ...  # (rows, n_classes)
-    def save(self, acc, model, out_dir: Path) -> None: ...  # final weights (main process writes)
+    @abc.abstractmethod
+    def build_model(self, device_index: int) -> torch.nn.Module:
+        """A fresh model; the engine seeds torch first."""
+
+    @abc.abstractmethod
+    def make_items(self, rows: pd.DataFrame, stage: Stage) -> list[dict]:
+        """One item per row, at the stage's input size."""
+
+    @abc.abstractmethod
+    def cost(self, item: dict) -> float:
+        """The grouping key of length-grouped batches: token count, pixel count."""
+
+    @abc.abstractmethod
+    def collate(self, items: list[dict]) -> dict[str, torch.Tensor]:
+        """A batch of items: what `loss` and `proba` take (the engine adds "labels" for training)."""
+
+    @abc.abstractmethod
+    def loss(self, model, batch: dict) -> dict[str, torch.Tensor]:
+        """{"loss": the loss summed over the batch's rows, …}: the engine divides by a step's rows,
+        so splitting a batch keeps the gradient; the other entries are logged. Called once per
+        micro-batch, so what must happen once per optimizer step belongs in `on_optimizer_step`."""
+
+    def proba(self, model, batch: dict) -> torch.Tensor:
+        """(rows, n_classes) probabilities."""
+        raise NotImplementedError(f"{type(self).__name__} predicts no class")
+
+    def save(self, model: torch.nn.Module, state: dict[str, torch.Tensor], out_dir: Path) -> None:
+        """The final weights, on the main process only; `state` is the model's full state dict,
+        gathered from every process (under DeepSpeed/FSDP no one process holds it all).
+        Default: out_dir/model.safetensors."""
+        from safetensors.torch import save_file
+
+        from medalist.core.io import atomic_path
+
+        with atomic_path(Path(out_dir) / "model.safetensors") as tmp:
+            save_file({k: v.contiguous() for k, v in state.items()}, str(tmp))
+
+    def lr_scale(self, name: str) -> float:
+        """The learning-rate factor of the parameter `name` (e.g. layer-wise decay)."""
+        return 1.0
+
+    def info(self, model: torch.nn.Module, when: Literal["init", "end"]) -> dict:
+        """Facts for FoldResult.info, after building and after training."""
+        return {}
+
+    def on_train_mode(self, model: torch.nn.Module) -> None:
+        """Called each time the engine puts the model in training mode (every epoch, as validation
+        left it in eval mode): the parts a family keeps in eval mode while training. Eval mode
+        has no exceptions, so it has no hook."""
+
+    def on_optimizer_step(self, model: torch.nn.Module) -> None:
+        """Called once after each optimizer step — after all of its gradient-accumulation and
+        out-of-memory micro-batches — so what it does (a weight average) does not depend on
+        how a step's batch was split."""
+
+    def for_inference(self, model: torch.nn.Module) -> torch.nn.Module | None:
+        """A prediction-only form of `model` that `proba` then gets, built once a prediction pass;
+        None: `proba` gets the model as trained."""
+        return None
 
 
 # ---------------------------------------------------------------- pure pieces of the loop
@@ -135,10 +191,14 @@ def resume_key(cfg: TrainConfig, seed: int, part: Any, labels: np.ndarray | None
 # ---------------------------------------------------------------- inference from saved weights
 
 
-def inference_form(adapter: Adapter, model: torch.nn.Module) -> torch.nn.Module:
-    """What predicts this pass: the adapter's prediction-only form of `model` where it has one."""
-    form = getattr(adapter, "for_inference", None)
-    return form(model) if form is not None else model
+def inference_form(adapter: Adapter, module: torch.nn.Module,
+                   running: torch.nn.Module | None = None) -> torch.nn.Module:
+    """What predicts this pass: the adapter's prediction-only form of `module` where it has one,
+    else `running` (the model as the engine runs it, in its distributed wrapper) or `module`."""
+    form = adapter.for_inference(module)
+    if form is not None:
+        return form
+    return module if running is None else running
 
 
 def weight_dirs(fold_dir: Path) -> list[Path]:

@@ -108,7 +108,7 @@ def _pixels(x: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2).float().div_(255)
 
 
-class AutoEncoderAdapter:
+class AutoEncoderAdapter(training.Adapter):
     """Decoded images in, the mean squared reconstruction error per row out (no labels)."""
 
     def __init__(self, cfg: Config, processed_dir: Path | None):
@@ -131,14 +131,6 @@ class AutoEncoderAdapter:
         x = batch["pixels"]
         _, recon = model(x)
         return {"loss": ((recon.float() - x) ** 2).flatten(1).mean(1).sum()}
-
-    def save(self, acc, model, out_dir: Path) -> None:
-        if acc.is_main_process:
-            from safetensors.torch import save_file
-
-            Path(out_dir).mkdir(parents=True, exist_ok=True)
-            save_file({k: v.contiguous() for k, v in acc.get_state_dict(model).items()},
-                      str(Path(out_dir) / "model.safetensors"))
 
 
 def load_autoencoder(cfg: Config, pretrain_dir: Path) -> AutoEncoder:

@@ -189,7 +189,7 @@ def build_net(cfg: Config, n_classes: int, text_source: str | Path, pretrained: 
 # ---------------------------------------------------------------- the adapter
 
 
-class FusionAdapter:
+class FusionAdapter(training.Adapter):
     """Rows (text + image path) in, fused class probabilities out."""
 
     def __init__(self, cfg: Config, n_classes: int, text_source: str | Path, tok=None, data_dir: Path | None = None):
@@ -242,8 +242,6 @@ class FusionAdapter:
 
     def loss(self, model, batch: dict) -> dict[str, torch.Tensor]:
         """Only training calls this: augmentation and modality dropout live here."""
-        inner = getattr(model, "module", model)
-        inner.freeze_bn()
         pixels, target = self.augment(batch["pixels"], batch["labels"])
         eps = self.cfg.label_smoothing
         target = target * (1 - eps) + eps / self.n_classes
@@ -260,8 +258,10 @@ class FusionAdapter:
     def proba(self, model, batch: dict) -> torch.Tensor:
         return torch.softmax(model(**self._inputs(batch))["logits"].float(), dim=-1)
 
+    def on_train_mode(self, model: FusionNet) -> None:
+        model.freeze_bn()
+
     def lr_scale(self, name: str) -> float:
-        name = name.removeprefix("module.")
         if name.startswith("text."):
             return self.cfg.text_lr_scale
         return self.cfg.image_lr_scale if name.startswith("image.") else 1.0
@@ -269,18 +269,15 @@ class FusionAdapter:
     def info(self, model, when: str) -> dict:
         return {"image_pretrained_tensors": self._loaded} if when == "init" else {}
 
-    def save(self, acc, model, out_dir: Path) -> None:
-        state = acc.get_state_dict(model)  # every process takes part (gathered under DeepSpeed/FSDP)
-        if acc.is_main_process:
-            from safetensors.torch import save_file
+    def save(self, model: FusionNet, state: dict[str, torch.Tensor], out_dir: Path) -> None:
+        from safetensors.torch import save_file
 
-            from medalist.core.io import atomic_path
+        from medalist.core.io import atomic_path
 
-            state = {k.removeprefix("module."): v.detach().cpu().clone().contiguous() for k, v in state.items()}
-            acc.unwrap_model(model).text.config.save_pretrained(Path(out_dir) / TEXT_DIR)
-            self.tok.save_pretrained(Path(out_dir) / TEXT_DIR)
-            with atomic_path(Path(out_dir) / WEIGHTS_FILE) as tmp:
-                save_file(state, str(tmp))
+        model.text.config.save_pretrained(Path(out_dir) / TEXT_DIR)
+        self.tok.save_pretrained(Path(out_dir) / TEXT_DIR)
+        with atomic_path(Path(out_dir) / WEIGHTS_FILE) as tmp:
+            save_file({k: v.detach().cpu().clone().contiguous() for k, v in state.items()}, str(tmp))
 
 
 def fit_fold(cfg: Config, fold: FoldData, out_dir: Path) -> FoldResult:

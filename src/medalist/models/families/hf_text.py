@@ -146,7 +146,7 @@ def encode(tok, texts: list[str], max_length: int) -> list[dict[str, list[int]]]
     return [{k: enc[k][i] for k in keys} for i in range(len(texts))]
 
 
-class TextAdapter:
+class TextAdapter(training.Adapter):
     """Token ids in, AutoModelForSequenceClassification logits out; cross-entropy as the loss."""
 
     def __init__(self, cfg: Config, n_classes: int, train_labels: np.ndarray | None = None, tok=None):
@@ -199,13 +199,10 @@ class TextAdapter:
     def info(self, model, when: str) -> dict:
         return {"init_fingerprint": backbone_fingerprint(model)} if when == "init" else {}
 
-    def save(self, acc, model, out_dir: Path) -> None:
-        unwrapped = acc.unwrap_model(model)
-        # LoRA saves its adapter and head; a full model needs accelerate's gathered state dict
-        kwargs = {} if self.cfg.family == "decoder_lora" else {"state_dict": acc.get_state_dict(model)}
-        unwrapped.save_pretrained(out_dir, is_main_process=acc.is_main_process, save_function=acc.save, **kwargs)
-        if acc.is_main_process:
-            self.tok.save_pretrained(out_dir)
+    def save(self, model, state: dict[str, torch.Tensor], out_dir: Path) -> None:
+        # LoRA saves its adapter and head; a full model saves the gathered state dict
+        model.save_pretrained(out_dir, **({} if self.cfg.family == "decoder_lora" else {"state_dict": state}))
+        self.tok.save_pretrained(out_dir)
 
 
 def fit_fold(cfg: Config, fold: FoldData, out_dir: Path) -> FoldResult:

@@ -181,7 +181,7 @@ NetBuilder = Callable[[ImageRecipe, int, bool], tuple[torch.nn.Module, tuple, tu
 # ---------------------------------------------------------------- the adapter
 
 
-class ImageAdapter:
+class ImageAdapter(training.Adapter):
     """Images of rows in, class probabilities out; soft-target cross-entropy as the loss."""
 
     def __init__(self, cfg: ImageRecipe, n_classes: int, build_net: NetBuilder, prior: np.ndarray | None = None,
@@ -225,7 +225,6 @@ class ImageAdapter:
         """Only training calls this: the train-time augmentation lives here, not in collate
         (which validation and test batches share)."""
         inner = getattr(model, "module", model)
-        inner.freeze_bn()
         if inner.ema is not None:  # the weights of the last optimizer step join the average
             inner.update_ema(self.cfg.ema_decay)
         x, target = self.augment(batch["pixels"], batch["labels"])
@@ -234,27 +233,27 @@ class ImageAdapter:
         logits = model(x).float()
         return {"loss": -(target * torch.log_softmax(logits, dim=-1)).sum()}
 
-    def for_inference(self, model) -> Predicting:
-        """The form of `model` that predicts (engine.predict and `predictor` call this once a pass)."""
-        return getattr(model, "module", model).for_inference(self.cfg.cpu_bf16_inference)
+    def on_train_mode(self, model: Classifier) -> None:
+        model.freeze_bn()
+
+    def for_inference(self, model: Classifier) -> Predicting:
+        return model.for_inference(self.cfg.cpu_bf16_inference)
 
     def proba(self, model, batch: dict) -> torch.Tensor:
         p = torch.softmax(model(batch["pixels"], averaged=True).float(), dim=-1)
-        prior = getattr(model, "module", model).prior.to(p.dtype)
-        return torch.where(batch["ok"][:, None], p, prior.expand_as(p))
+        return torch.where(batch["ok"][:, None], p, model.prior.to(p.dtype).expand_as(p))
 
     def info(self, model, when: str) -> dict:
         return {"pretrained_tensors": self._loaded} if when == "init" else {}
 
-    def save(self, acc, model, out_dir: Path) -> None:
-        if acc.is_main_process:
-            from safetensors.torch import save_file
+    def save(self, model: Classifier, state: dict[str, torch.Tensor], out_dir: Path) -> None:
+        """What predicts (the average, the prior), not the trained weights in `state`."""
+        from safetensors.torch import save_file
 
-            from medalist.core.io import atomic_path
+        from medalist.core.io import atomic_path
 
-            state = {k: v.detach().cpu().contiguous() for k, v in acc.unwrap_model(model).predicting_state().items()}
-            with atomic_path(Path(out_dir) / WEIGHTS_FILE) as tmp:
-                save_file(state, str(tmp))
+        with atomic_path(Path(out_dir) / WEIGHTS_FILE) as tmp:
+            save_file({k: v.detach().cpu().contiguous() for k, v in model.predicting_state().items()}, str(tmp))
 
 
 # ---------------------------------------------------------------- what every image family exposes

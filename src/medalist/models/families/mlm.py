@@ -75,10 +75,8 @@ def lm_head(model):
     return rest[0] if len(rest) == 1 else None
 
 
-class MaskedLMAdapter:
+class MaskedLMAdapter(training.Adapter):
     """Token ids in, the masked tokens' cross-entropy out (no class labels)."""
-
-    n_classes = 0  # predicts no class
 
     def __init__(self, cfg: Config, backbone_path: str):
         from transformers import AutoTokenizer, DataCollatorForLanguageModeling
@@ -140,12 +138,9 @@ class MaskedLMAdapter:
         ce = torch.nn.functional.cross_entropy(logits.float(), labels[masked], reduction="sum")
         return {"loss": ce / masked.sum().clamp(min=1) * labels.shape[0]}
 
-    def save(self, acc, model, out_dir: Path) -> None:
-        unwrapped = acc.unwrap_model(model)
-        unwrapped.save_pretrained(out_dir, is_main_process=acc.is_main_process, save_function=acc.save,
-                                  state_dict=acc.get_state_dict(model))
-        if acc.is_main_process:
-            self.tok.save_pretrained(out_dir)
+    def save(self, model, state: dict[str, torch.Tensor], out_dir: Path) -> None:
+        model.save_pretrained(out_dir, state_dict=state)
+        self.tok.save_pretrained(out_dir)
 
 
 def fit(cfg: Config, backbone_path: str, corpus: list[str], out_dir: Path, log_dir: Path | None = None) -> dict:
