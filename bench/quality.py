@@ -283,6 +283,20 @@ def scored_ensembles(answers: Answers, comp, names: list[str], runs: dict, work:
     return ensembles
 
 
+def made_ensemble(answers: Answers, comp, members: list[str], work: Path) -> dict:
+    """The ensemble of these finished runs (with TTA where each has it), made in a scratch root, scored."""
+    res = C.root() / "results" / comp.name
+    tta = all((res / r / "tta" / "metrics.json").exists() for r in members)
+    sub = ensemble_variant(comp, members, tta, work)
+    scratch = sub.parents[2]
+    m = read_json(scratch / "results" / comp.name / "ensemble" / "metrics.json")
+    proc = read_json(scratch / "process.json")
+    return {"runs": members, "tta": tta, "test": answers.score_submission(sub), "oof_score": m["oof_score"],
+            "method": m["method"], "seconds": proc["wall_seconds"], "peak_rss_mb": proc["peak_rss_mb"],
+            "train_seconds": sum(read_json(res / r / "metrics.json").get("train_seconds") or 0.0
+                                 for r in members) or None}
+
+
 def default_ensemble(answers: Answers, comp, ensembles: dict, work: Path, previous: dict | None = None,
                      stamp: dict | None = None) -> dict | None:
     """The ensemble of the competition's default MODELS (what a plain `make all` makes), with TTA
@@ -295,15 +309,7 @@ def default_ensemble(answers: Answers, comp, ensembles: dict, work: Path, previo
         return next((e for e in found if e["tta"]), found[0])
     res = C.root() / "results" / comp.name
     if all((res / r / "metrics.json").exists() for r in members):
-        tta = all((res / r / "tta" / "metrics.json").exists() for r in members)
-        sub = ensemble_variant(comp, members, tta, work)
-        scratch = sub.parents[2]
-        m = read_json(scratch / "results" / comp.name / "ensemble" / "metrics.json")
-        proc = read_json(scratch / "process.json")
-        return {"runs": members, "tta": tta, "test": answers.score_submission(sub), "oof_score": m["oof_score"],
-                "method": m["method"], "seconds": proc["wall_seconds"], "peak_rss_mb": proc["peak_rss_mb"],
-                "train_seconds": sum(read_json(res / r / "metrics.json").get("train_seconds") or 0.0
-                                     for r in members) or None}
+        return made_ensemble(answers, comp, members, work)
     prev = previous or {}
     olds = [prev.get("default_ensemble"), *[(prev.get("ensembles") or {}).get(k) for k in ("plain + TTA", "plain")]]
     old = next((e for e in olds if e and e["runs"] == members), None)

@@ -1,7 +1,8 @@
 """`make bench`, part validation: can the CV be trusted? For each competition (math-subjects and
 the images part's fashion-products), each run of its default MODELS and their ensemble (what a
-plain `make all` makes): OOF score (nested for the ensemble), test score against the answers, the
-gap and its two standard errors, and whether ranking the runs by OOF ranks them as the test does.
+plain `make all` makes; of the trained ones, named, while some are not): OOF score (nested for the
+ensemble), test score against the answers, the gap and its two standard errors, and whether
+ranking the runs by OOF ranks them as the test does.
 
 The gap's standard error treats OOF and test as two independent samples of a proportion (micro-F1
 is accuracy here): sqrt(p(1-p)/n_test + p(1-p)/n_train); a gap within two of them is noise.
@@ -15,7 +16,7 @@ import pandas as pd
 
 from medalist.core import config as C
 from medalist.core.competition import load_competition
-from quality import Answers, default_ensemble, run_entry
+from quality import Answers, made_ensemble, run_entry
 
 
 def _row(name: str, oof: float | None, test: float | None, n_train: int, n_test: int) -> dict:
@@ -40,9 +41,11 @@ def one(comp_name: str, answers_path: Path, work: Path) -> dict:
             continue
         e = run_entry(answers, res / run)
         rows.append(_row(run, e["oof_score"], e["test"]["micro_f1"], n_train, n_test))
-    ens = default_ensemble(answers, comp, {}, work / comp.name) if not missing else None
-    if ens:
-        rows.append(_row(f"ensemble ({ens['method']}{', TTA' if ens.get('tta') else ''})", ens["oof_score"],
+    trained = [r for r in comp.default_models if r not in missing]
+    if len(trained) > 1:  # the ensemble of what is trained, named when it is not all of the default
+        ens = made_ensemble(answers, comp, trained, work / comp.name)
+        of = f" of {' '.join(trained)}" if missing else ""
+        rows.append(_row(f"ensemble{of} ({ens['method']}{', TTA' if ens.get('tta') else ''})", ens["oof_score"],
                          ens["test"]["micro_f1"], n_train, n_test))
     runs = [r for r in rows if not r["what"].startswith("ensemble") and r.get("gap") is not None]
     by_oof = [r["what"] for r in sorted(runs, key=lambda r: -r["oof"])]

@@ -516,8 +516,8 @@ def test_images_speed_renders_the_ratios_and_the_fp32_row(monkeypatch):
 
 def test_validation_sets_oof_beside_test_with_the_gap_and_its_noise(project, tmp_path, monkeypatch):
     """Part validation: each default run's OOF beside its test score, the gap within or beyond two
-    standard errors, the rankings compared; a run not trained is named, and no ensemble is made
-    without it."""
+    standard errors, the rankings compared; a run not trained is named (and an ensemble of one run
+    is not made)."""
     validation = _bench_module(monkeypatch, "validation")
     ids = [str(i) for i in range(200)]
     y = np.arange(200) % 10
@@ -532,7 +532,8 @@ def test_validation_sets_oof_beside_test_with_the_gap_and_its_noise(project, tmp
         pred[right:] = (y[right:] + 1) % 10
         _proba_csv(res / run / "test.csv", ids, pred)
         (res / run / "metrics.json").write_text(json.dumps({"oof_score": oof}))
-    monkeypatch.setattr(validation, "default_ensemble", lambda answer, comp, ens, work: {
+    made = []
+    monkeypatch.setattr(validation, "made_ensemble", lambda answer, comp, members, work: made.append(members) or {
         "method": "mean", "tta": False, "oof_score": 0.92, "test": {"micro_f1": 0.91}})
     v = validation.one("fashion-products", answers, tmp_path / "w")
     cnn, embed, ens = v["rows"]
@@ -540,14 +541,14 @@ def test_validation_sets_oof_beside_test_with_the_gap_and_its_noise(project, tmp
     se = np.sqrt(0.91 * 0.09 / 800 + 0.9 * 0.1 / 200)
     assert abs(cnn["two_se"] - 2 * se) < 1e-9
     assert not embed["within"] and abs(embed["gap"] + 0.25) < 1e-9  # far beyond its noise
-    assert ens["what"] == "ensemble (mean)" and ens["within"]
+    assert ens["what"] == "ensemble (mean)" and ens["within"] and made == [["cnn", "image-embed"]]
     assert v["same_ranking"] and v["rank_by_oof"] == ["cnn", "image-embed"]
     md = "\n".join(validation.render({"comps": [v]}))
     assert "## Validation (OOF against held-out)" in md and "| image-embed | 0.8500 | 0.6000 | -0.2500 |" in md
     assert "Ranking by OOF equals the ranking by test" in md
 
     (res / "cnn" / "metrics.json").unlink()
-    monkeypatch.setattr(validation, "default_ensemble", lambda *a: pytest.fail("an ensemble without all its runs"))
+    monkeypatch.setattr(validation, "made_ensemble", lambda *a: pytest.fail("an ensemble of one run"))
     v = validation.one("fashion-products", answers, tmp_path / "w")
     assert v["missing"] == ["cnn"] and [r["what"] for r in v["rows"]] == ["image-embed"]
     assert "| not trained: cnn |" in "\n".join(validation.render({"comps": [v]}))
