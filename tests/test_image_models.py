@@ -1,8 +1,8 @@
 """The fine-tuned image families (`image`, a timm backbone; `cnn`, a small network from scratch) and
 image TTA: the packaged EfficientNet-Lite0 weights map completely onto timm's network; a tiny
 randomly initialised timm model trains a fold in stages, resumes after a real kill to the same
-predictions, and reloads to them; unreadable images get the training class prior and are never
-trained on; TTA views keep the label."""
+predictions, and reloads to them; out-of-memory halving leaves the weight average as it is;
+unreadable images get the training class prior and are never trained on; TTA views keep the label."""
 from __future__ import annotations
 
 import json
@@ -161,6 +161,33 @@ def test_a_head_only_stage_leaves_the_backbone_and_its_batchnorm_statistics_unto
     assert any(k.endswith("running_mean") for k in body)
     assert all(torch.equal(start[k], saved[k]) for k in body)
     assert not torch.equal(start["classifier.weight"], saved["classifier.weight"])
+
+
+def _plain_net(cfg: image.ImageRecipe, n_classes: int, pretrained: bool):
+    """A network whose gradient does not depend on how a batch is split: no BatchNorm, no dropout."""
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, stride=2), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                              torch.nn.Flatten(), torch.nn.Linear(8, n_classes))
+    return net, (0.5,) * 3, (0.5,) * 3, 0
+
+
+def test_out_of_memory_halving_gives_the_same_averaged_model(tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+
+    # no augmentation: its random draws, like BatchNorm statistics, would depend on the split
+    cfg = C.from_dict(image.ImageRecipe, {"family": "plain", "image_size": 20, "epochs": 2, "batch_size": 8,
+                                          "lr": 0.05, "seed": 0, "fused_adamw": False, "augment": {"hflip": 0.0},
+                                          "ema_decay": 0.99, "cpu_bf16_inference": False}, "plain")
+    fold = shapes_fold(tmp_path / "data")
+    plain = image.fit(cfg, fold, tmp_path / "plain", _plain_net)
+    monkeypatch.setenv("MEDALIST_INJECT_OOM", "1")
+    halved = image.fit(cfg, fold, tmp_path / "halved", _plain_net)
+    assert halved.info["oom_events"] == 1 and halved.info["grad_accum"] == 2
+    assert halved.info["optimizer_steps"] == plain.info["optimizer_steps"]
+    # half batches, twice the accumulation: the same optimizer steps, so the same average of them
+    want, got = (load_file(str(tmp_path / d / image.WEIGHTS_FILE)) for d in ("plain", "halved"))
+    for k, v in want.items():
+        torch.testing.assert_close(got[k], v, atol=1e-6, rtol=1e-5)
+    np.testing.assert_allclose(halved.val_proba, plain.val_proba, atol=1e-6)
 
 
 # ---------------------------------------------------------------- augmentation and views

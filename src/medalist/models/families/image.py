@@ -9,11 +9,11 @@ Items are the rows' images at the stage's input size from the decode-once cache
 a head-only stage is a stage whose `trainable` matches only the classifier.
 
 The recipe, all in the model config: per-image v2 augmentation and MixUp/CutMix
-(`medalist.image.augment`), label smoothing, an exponential moving average of the weights (the
-one that predicts and is saved), cosine schedule with warm-up, channels-last, the input
-normalisation of the backbone's pretrained config. BatchNorm layers of a frozen part keep their
-ImageNet statistics. Train rows with no readable image are left out; such validation and test rows
-get the training class prior (saved with the weights).
+(`medalist.image.augment`), label smoothing, an exponential moving average of the weights (moved
+once per optimizer step; the one that predicts and is saved), cosine schedule with warm-up,
+channels-last, the input normalisation of the backbone's pretrained config. BatchNorm layers of a
+frozen part keep their ImageNet statistics. Train rows with no readable image are left out; such
+validation and test rows get the training class prior (saved with the weights).
 
 Fold weights: fold<k>/weights.safetensors (fold<k>/seed<s>/ with n_seeds > 1): the EMA weights
 and the prior. A mid-fold checkpoint folder (fold<k>/ckpt/checkpoints/checkpoint_<e>/) loads too.
@@ -48,7 +48,7 @@ class ImageRecipe(training.TrainConfig):
     image_size: Annotated[int, AtLeastOne] = 64  # pixels a side, where a stage names no input_size
     augment: A.Augment = A.Augment()
     label_smoothing: Annotated[float, Range(ge=0, lt=1)] = 0.1
-    ema_decay: Annotated[float, Range(gt=0, lt=1)] | None = 0.99  # per training batch (0.99: the last ~100); null = no EMA
+    ema_decay: Annotated[float, Range(gt=0, lt=1)] | None = 0.99  # per optimizer step (0.99: the last ~100); null = no EMA
     channels_last: bool = True  # the memory layout convolutions run fastest in
     cpu_bf16_inference: bool = True  # predict in bf16 on a CPU that computes it natively (AVX512-BF16, AMX)
 
@@ -224,9 +224,6 @@ class ImageAdapter(training.Adapter):
     def loss(self, model, batch: dict) -> dict[str, torch.Tensor]:
         """Only training calls this: the train-time augmentation lives here, not in collate
         (which validation and test batches share)."""
-        inner = getattr(model, "module", model)
-        if inner.ema is not None:  # the weights of the last optimizer step join the average
-            inner.update_ema(self.cfg.ema_decay)
         x, target = self.augment(batch["pixels"], batch["labels"])
         eps = self.cfg.label_smoothing
         target = target * (1 - eps) + eps / self.n_classes
@@ -235,6 +232,10 @@ class ImageAdapter(training.Adapter):
 
     def on_train_mode(self, model: Classifier) -> None:
         model.freeze_bn()
+
+    def on_optimizer_step(self, model: Classifier) -> None:
+        if model.ema is not None:
+            model.update_ema(self.cfg.ema_decay)
 
     def for_inference(self, model: Classifier) -> Predicting:
         return model.for_inference(self.cfg.cpu_bf16_inference)
