@@ -17,6 +17,11 @@ def project(tmp_path, monkeypatch):
     monkeypatch.setenv("MEDALIST_ROOT", str(tmp_path))
     monkeypatch.setenv("MEDALIST_CONFIGS", str(tmp_path / "configs"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    # loading a competition sets this process's image pixel limit: each test starts from the default
+    from medalist.core.competition import ImageInput
+    from medalist.image import decode
+
+    monkeypatch.setattr(decode, "_max_pixels", ImageInput.max_pixels)
     return tmp_path
 
 

@@ -9,14 +9,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from PIL import Image
 
+from medalist.core import config as C
 from medalist.core.competition import load_competition, read_raw
 from medalist.core.config import Paths
 from medalist.core.io import read_processed
 from medalist.demos.images import write_demo
 from medalist.image.cache import images
-from medalist.image.decode import open_rgb
+from medalist.image import decode
+from medalist.image.decode import header, open_rgb, why_unreadable
 from medalist.image.dedup import (
     MAX_PHASH_DISTANCE,
     candidate_pairs,
@@ -27,6 +30,7 @@ from medalist.image.dedup import (
 from medalist.stages import checks as checks_stage
 from medalist.stages import download
 from medalist.stages import folds as folds_stage
+from tiny_images import SHAPES, bomb_png, make_images, truncated_jpeg
 
 FASHION = Path(__file__).resolve().parents[2] / "shared" / "competitions" / "fashion-products"
 
@@ -95,12 +99,14 @@ def test_folds_keep_duplicates_together_and_classes_stratified(project, capsys):
     planted = _plant(raw, train, np.random.default_rng(0))
     broken = train["id"].iloc[5]
     (raw / "train" / broken).write_bytes(b"not an image at all")
+    bomb_png(raw / "train" / train["id"].iloc[6])  # 30,000 × 30,000 pixels: refused from its header
+    truncated_jpeg(raw / "train" / train["id"].iloc[7])
     (bad_test,) = _unreadable(raw / "test")
 
     folds_stage.run(comp)
     tr, te = read_processed(Paths("demo-images"))
-    assert "1 train image(s) do not decode and are left out" in capsys.readouterr().out
-    assert broken not in set(tr["id"]) and len(tr) == len(train) + len(planted) - 1
+    assert "3 train image(s) do not decode and are left out" in capsys.readouterr().out
+    assert not set(train["id"].iloc[5:8]) & set(tr["id"]) and len(tr) == len(train) + len(planted) - 3
     assert bad_test in set(te["id"]) and len(te) == 500  # an unreadable test image keeps its row
     fold = dict(zip(tr["id"], tr["fold"]))
     assert all(fold[a] == fold[b] for a, b in planted)
@@ -130,6 +136,82 @@ def test_checks_name_the_unreadable_file_and_count_duplicates(project):
     for name in ("checks_classes.png", "checks_sizes.png", "checks_samples.png"):
         assert (Paths("demo-images").images / name).stat().st_size > 1000
         assert f"![{name[:-4]}](../../images/demo-images/{name})" in md
+
+
+def test_a_decompression_bomb_is_unreadable_from_its_header(project):
+    bomb = bomb_png(project / "bomb.png")
+    assert bomb.stat().st_size < 1 << 20
+    assert open_rgb(bomb) is None and header(bomb) is None  # no traceback, and no 900 M pixels decoded
+    assert "a decompression bomb?" in why_unreadable(bomb)
+    cut = truncated_jpeg(project / "cut.jpg")
+    assert header(cut) == ("JPEG", "RGB", 32, 32) and open_rgb(cut) is None
+    assert why_unreadable(cut).startswith("does not decode (OSError: image file is truncated")
+    assert why_unreadable(project / "gone.png") == "no such file"
+
+    # the configured limit: over it and under twice it (PIL only warns there), or far over it
+    decode.limit_pixels(1000)
+    for side in (40, 100):
+        Image.fromarray(np.zeros((side, side, 3), np.uint8)).save(project / f"{side}.png")
+        assert open_rgb(project / f"{side}.png") is None and header(project / f"{side}.png") is None
+    assert why_unreadable(project / "40.png") == ("40 × 40 pixels, more than inputs.image.max_pixels (1,000): "
+                                                  "a decompression bomb?")
+    # a limit raised past PIL's own lets such an image through (its header: nothing decoded here)
+    decode.limit_pixels(10**9)
+    assert header(bomb) == ("PNG", "1", 30_000, 30_000)
+
+
+def test_unreadable_images_are_named_left_out_of_train_and_get_the_fallback(project, capsys):
+    """From a COMP_DIR to a model's test predictions, with inputs.image.max_pixels lowered so small
+    files stand for bombs: each unreadable image is a note, never a traceback."""
+    from medalist.models import FoldData
+    from medalist.models.families import image_embed
+
+    src = project / "given"
+    train, y = make_images(src / "train", 30, 1, "tr")
+    test, _ = make_images(src / "test", 9, 2, "te")
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(src / "train" / "big.png")  # over twice the limit
+    Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(src / "test" / "wide.png")  # over it, under twice it
+    truncated_jpeg(src / "train" / "cut.jpg", size=20)
+    truncated_jpeg(src / "test" / "cut.jpg", size=20)
+    names = lambda df: [Path(p).name for p in df["image"]]  # noqa: E731
+    pd.DataFrame({"id": [*train["id"], "big", "cut"], "image": [*names(train), "big.png", "cut.jpg"],
+                  "label": [*y, 0, 1]}).to_csv(src / "train.csv", index=False)
+    test_ids = [*test["id"], "wide", "cut"]
+    pd.DataFrame({"id": test_ids, "image": [*names(test), "wide.png", "cut.jpg"]}).to_csv(src / "test.csv", index=False)
+    pd.DataFrame({"id": test_ids, "label": 0}).to_csv(src / "sample_submission.csv", index=False)
+    cfg = {"name": "tinybomb", "source": "local", "labels": SHAPES, "metric": "accuracy", "folds": {"n": 3, "seed": 0},
+           "inputs": {"image": {"column": "image", "train_dir": "train", "test_dir": "test", "max_pixels": 1000}}}
+    (project / "configs" / "competitions" / "tinybomb.yaml").write_text(yaml.safe_dump(cfg))
+    comp = load_competition("tinybomb")
+    download.run(comp, comp_dir=src)
+
+    checks_stage.run(comp)
+    md = (Paths("tinybomb").results / "checks.md").read_text()
+    over = "more than inputs.image.max_pixels (1,000): a decompression bomb?"
+    for line in ("- `data/raw/tinybomb/train/big.png`: train, left out by `make folds` in an image-only competition "
+                 "— more pixels than inputs.image.max_pixels (1,000): a decompression bomb?",
+                 "- `data/raw/tinybomb/train/cut.jpg`: train, left out",
+                 f"- `data/raw/tinybomb/test/wide.png`: test, kept: its row gets the fallback prediction — 40 × 40 pixels, {over}",
+                 "- `data/raw/tinybomb/test/cut.jpg`: test, kept: its row gets the fallback prediction — does not decode"):
+        assert line in md, md
+    assert "| train | 32 | 0 (0.0%) | 2 |" in md and "| test | 11 | 0 (0.0%) | 2 |" in md
+
+    folds_stage.run(comp)
+    assert "2 train image(s) do not decode and are left out: big (data/raw/tinybomb/train/big.png), cut" in capsys.readouterr().out
+    tr, te = read_processed(Paths("tinybomb"))
+    assert set(tr["id"]) == set(train["id"]) and te["id"].tolist() == test_ids
+
+    val, fit = tr[tr["fold"] == 0], tr[tr["fold"] != 0]
+    fold = FoldData(fold=0, n_classes=len(SHAPES), train=fit[["id", "image"]], train_labels=fit["label"].to_numpy(),
+                    val=val[["id", "image"]], val_labels=val["label"].to_numpy(), test=te[["id", "image"]],
+                    metric="accuracy", data_dir=Paths("tinybomb").processed)
+    cfg = C.from_dict(image_embed.Config, {"family": "image_embed", "backbone": "test_efficientnet", "weights": "none",
+                                           "image_size": 20, "batch_size": 32, "C": 1.0}, "image-embed.yaml")
+    res = image_embed.fit_fold(cfg, fold, Paths("tinybomb").run("image-embed") / "fold0")
+    assert res.info["rows_without_image"]["test"] == 2
+    prior = np.bincount(fold.train_labels, minlength=len(SHAPES)) / len(fold.train_labels)
+    np.testing.assert_allclose(res.test_proba[-2:], [prior, prior])  # the two unreadable test images: the fallback
+    assert np.abs(res.test_proba[:-2] - prior).max() > 0.05
 
 
 def _save(project: Path, name: str, a: np.ndarray) -> str:

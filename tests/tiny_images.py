@@ -39,3 +39,32 @@ def make_images(root: Path, n: int, seed: int, prefix: str, size: int = 20) -> t
         paths.append(str(path))
         labels.append(y)
     return pd.DataFrame({"id": ids, "image": paths}), np.array(labels)
+
+
+def bomb_png(path: Path, width: int = 30_000, height: int = 30_000) -> Path:
+    """A decompression bomb: a black 1-bit PNG of width × height written row by row, so building
+    it never holds the pixels (30,000 × 30,000 is 110 kB on disk, 900 M pixels decoded)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    z = zlib.compressobj(9)
+    row = bytes(1 + (width + 7) // 8)  # filter byte 0, then the packed bits
+    idat = b"".join(z.compress(row) for _ in range(height)) + z.flush()
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0))
+                     + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+    return path
+
+
+def truncated_jpeg(path: Path, size: int = 32) -> Path:
+    """A JPEG cut off halfway: its header reads, its pixels do not."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(draw("disc", size, np.random.default_rng(0))).save(buf, "JPEG", quality=90)
+    path.write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+    return path

@@ -81,6 +81,10 @@ class ImageInput:
     test_layout: Literal["table", "folder"] = "table"  # folder: one test row per image in test_dir, no test.csv
     ids: Literal["stem", "name"] = "stem"  # a row made from a file: its id is the name without/with the extension
     urls: UrlImages | None = None  # set when the column holds URLs to fetch
+    # an image of more pixels (width × height) is unreadable, refused from its header before any
+    # decoding: a decompression bomb (a 0.9 MB PNG of 30,000 × 30,000) would take gigabytes. PIL's
+    # own default, 9,459 × 9,459: above any photo a Kaggle competition ships, far below a bomb
+    max_pixels: Annotated[int, AtLeastOne] = 89_478_485
 
     def validate(self, where: str) -> None:
         tables = self.train_layout == "table" or self.test_layout == "table"
@@ -182,6 +186,11 @@ def load_competition(name: str) -> Competition:
     comp = C.load(Competition, path)
     if comp.name != name:
         raise UserError(f"{path.name}: name is '{comp.name}', expected '{name}'")
+    if comp.inputs.image is not None:
+        from medalist.image.decode import limit_pixels
+
+        # every image this process opens is this competition's: one limit for all of them
+        limit_pixels(comp.inputs.image.max_pixels)
     return comp
 
 

@@ -19,26 +19,23 @@ import pandas as pd
 from medalist.core import config as C
 from medalist.core.plots import pyplot, save_figure
 from medalist.image.cache import images
+from medalist.image.decode import header
 from medalist.image.dedup import HASH_SIZE, Duplicates, find_duplicates, grey
 
 SHEET_PER_CLASS, SHEET_SIZE = 8, 64  # the contact sheet: this many samples a class, at this size
 
 
 def file_info(image_paths: Sequence[str]) -> pd.DataFrame:
-    """format, mode, width, height, bytes of each file from its header ("?"/NaN where there is none)."""
-    from PIL import Image, UnidentifiedImageError
-
+    """format, mode, width, height, bytes of each file from its header ("?"/NaN where it is
+    unreadable there: no file, not an image, over the pixel limit)."""
     root, rows = C.root(), []
     for p in image_paths:
         row = {"format": "?", "mode": "?", "width": np.nan, "height": np.nan, "bytes": np.nan}
-        try:
-            if not p:  # a row without a file (a URL that did not download)
-                raise FileNotFoundError
+        if p and (root / p).is_file():  # no path: a URL that did not download
             row["bytes"] = (root / p).stat().st_size
-            with Image.open(root / p) as im:  # the header only: no pixels are decoded here
-                row.update(format=im.format or "?", mode=im.mode, width=im.size[0], height=im.size[1])
-        except (OSError, UnidentifiedImageError, ValueError, SyntaxError):
-            pass
+            head = header(root / p)  # no pixels are decoded here
+            if head is not None:
+                row.update(zip(("format", "mode", "width", "height"), head))
         rows.append(row)
     return pd.DataFrame(rows)
 

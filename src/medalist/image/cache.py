@@ -19,11 +19,12 @@ import numpy as np
 from medalist.core import config as C
 from medalist.core.io import atomic_path, write_text
 from medalist.core.progress import progress
-from medalist.image.decode import open_rgb, square
+from medalist.image.decode import max_pixels, open_rgb, square
 
 
 def _fingerprint(image_paths: Sequence[str]) -> str:
-    return hashlib.sha256("\n".join(image_paths).encode()).hexdigest()[:16]
+    # the pixel limit decides which files are readable: a new one decodes again
+    return hashlib.sha256("\n".join([f"max_pixels {max_pixels()}", *image_paths]).encode()).hexdigest()[:16]
 
 
 def decode_all(image_paths: Sequence[str], size: int, desc: str = "decoding images") -> tuple[np.ndarray, np.ndarray]:
@@ -54,7 +55,7 @@ class ImageCache:
             cols += df["image"].tolist() if "image" in df else []
         paths = list(dict.fromkeys(p for p in cols if p))  # unique, first-seen order
         npy, meta = processed_dir / "images" / f"{size}.npy", processed_dir / "images" / f"{size}.json"
-        fp = _fingerprint(paths)
+        self.fingerprint = fp = _fingerprint(paths)
         if not (npy.exists() and meta.exists() and json.loads(meta.read_text()).get("fingerprint") == fp):
             arr, ok = decode_all(paths, size)
             with atomic_path(npy) as tmp:

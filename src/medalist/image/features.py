@@ -4,8 +4,9 @@
 
 Files: data/processed/<comp>/features/<name>.npy (n, d) float32, one row per image of the decode
 cache (processed train.csv + test.csv, `medalist.image.cache`), and <name>.json (the image paths in
-row order, which decoded, and a fingerprint of the path list and of the network's identity: new
-weights, another size or a new folds run recomputes it). Pixels come from the decode-once cache.
+row order, which decoded, and a fingerprint of the decode cache's — the path list and the pixel
+limit — and of the network's identity: new weights, another size, a new folds run or a new limit
+recomputes it). Pixels come from the decode-once cache.
 A row with no image or an unreadable one gets a zero vector and readable=False: what it predicts is
 its family's fallback.
 """
@@ -96,17 +97,18 @@ def compute(ex: Extractor, image_paths: Sequence[str],
     return np.concatenate(vecs).astype(np.float32), np.concatenate(ok)
 
 
-def _fingerprint(ex: Extractor, paths: Sequence[str]) -> str:
-    return hashlib.sha256("\n".join([ex.identity, str(ex.size), *paths]).encode()).hexdigest()[:16]
+def _fingerprint(ex: Extractor, pixels: str) -> str:
+    return hashlib.sha256("\n".join([ex.identity, str(ex.size), pixels]).encode()).hexdigest()[:16]
 
 
 def cached(ex: Extractor, processed_dir: Path) -> tuple[np.ndarray, dict[str, int], np.ndarray, dict]:
     """The competition's feature file for this extractor (memory-mapped), built first if missing or
     stale: (features, path → row, readable mask, its metadata)."""
-    paths = list(ImageCache(Path(processed_dir), ex.size).index)  # the decode cache's rows, in its order
+    decoded = ImageCache(Path(processed_dir), ex.size)
+    paths = list(decoded.index)  # the decode cache's rows, in its order
     npy = Path(processed_dir) / "features" / f"{ex.name}.npy"
     meta = npy.with_suffix(".json")
-    fp = _fingerprint(ex, paths)
+    fp = _fingerprint(ex, decoded.fingerprint)  # its paths and pixel limit
     if not (npy.exists() and meta.exists() and json.loads(meta.read_text()).get("fingerprint") == fp):
         t0 = time.time()
         vecs, ok = compute(ex, paths, processed_dir)

@@ -202,7 +202,9 @@ def _text_checks(comp: Competition, paths: Paths, train: pd.DataFrame, test: pd.
 
 
 def _image_files(a, rel: list[str], ids: list[str], n: int) -> list[str]:
-    """Rows, files that do not decode (named), formats and modes, sizes."""
+    """Rows, files that do not decode (named, with why), formats and modes, sizes."""
+    from medalist.image.decode import why_unreadable
+
     none = np.array([not r for r in rel], dtype=bool)
     bad = np.flatnonzero(~a.readable & ~none)
 
@@ -218,7 +220,8 @@ def _image_files(a, rel: list[str], ids: list[str], n: int) -> list[str]:
     if len(bad):
         fate = {True: "train, left out by `make folds` in an image-only competition",
                 False: "test, kept: its row gets the fallback prediction"}
-        md += ["## Unreadable images", ""] + [f"- `{rel[i]}`: {fate[bool(i < n)]}" for i in bad[:20]]
+        md += ["## Unreadable images", ""] + [f"- `{rel[i]}`: {fate[bool(i < n)]} — {why_unreadable(C.root() / rel[i])}"
+                                               for i in bad[:20]]
         md += ([f"- and {len(bad) - 20} more"] if len(bad) > 20 else []) + [""]
     info = pd.concat([a.train_info.assign(split="train"), a.test_info.assign(split="test")])
     kinds = info.groupby(["format", "mode", "split"]).size().unstack("split", fill_value=0)
