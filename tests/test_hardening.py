@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -44,12 +45,13 @@ def _source(folder: Path, **replace: str | bytes) -> Path:
 
 
 def _fail(main, argv: list[str], capsys) -> str:
-    """Run a stage's entry point that must refuse: exit 2 and exactly one line, no traceback."""
+    """Run a stage's entry point that must refuse: exit 2 and exactly one line, no traceback (after
+    the progress lines of the work done before it, if any)."""
     with pytest.raises(SystemExit) as e:
         main(argv)
     assert e.value.code == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    *before, err = capsys.readouterr().err.strip().splitlines()
+    assert all(re.match(r"[^:]*: +\d+% \d+/\d+ \[", line) for line in before) and "Traceback" not in err, before
     return err
 
 
@@ -122,6 +124,7 @@ REJECTED = {
     "unknown label": ({"train_csv": "Question,label\nSolve x+1=2,9\n"}, "unknown label '9'"),
     "empty": ({"train_csv": ""}, "file is empty"),
     "not UTF-8": ({"train_csv": b"Question,label\nSolve \xff=2,0\n"}, "not UTF-8 text"),
+    "malformed": ({"train_csv": "Question,label\nSolve x+1=2,0\nArea, of a circle,1\n"}, "malformed CSV"),
     "duplicate test ids": ({"test_csv": "id,Question\nt1,a\nt1,b\nt3,c\n"}, "duplicate id 't1'"),
     "sample disagrees": ({"sample_submission_csv": "id,label\nt1,0\nt2,0\nt9,0\n"}, "disagrees with test.csv"),
 }
@@ -134,12 +137,25 @@ def test_rejected_data_is_not_stamped_and_the_fixed_source_downloads(project, ca
     raw = Paths("demo").raw
     err = _fail(download.main, ["--comp", "demo", "--dir", str(src)], capsys)
     assert expected in err and f"COMP_DIR={src.resolve()} was not stored" in err
+    assert ".tmp" not in err  # a file is named where the user has it, never in the temp folder
+    if case in ("empty", "not UTF-8", "malformed"):
+        assert f": {src.resolve()}/train.csv" in err
     assert not raw.exists() and _leftovers(raw.parent) == []
 
     _source(src)  # the user fixes the folder and reruns the same command
     download.main(["--comp", "demo", "--dir", str(src)])
     assert json.loads((raw / ".complete").read_text())["source"] == f"COMP_DIR={src.resolve()}"
     assert (raw / "train.csv").read_text() == FILES["train.csv"]
+
+
+def test_a_malformed_file_in_a_zip_is_named_as_its_member(project, capsys):
+    archive = project / "comp.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for name, text in {**FILES, "test.csv": b"id,Question\nt1,Solve \xff=2\nt2,b\nt3,c\n"}.items():
+            zf.writestr(name, text)
+    err = _fail(download.main, ["--comp", "demo", "--zip", str(archive)], capsys)
+    assert f"test.csv: not UTF-8 text (byte 0xff on line 2, byte offset 21): {archive.resolve()}:test.csv;" in err, err
+    assert ".tmp" not in err and not Paths("demo").raw.exists()
 
 
 def test_another_or_changed_source_is_noticed(project, capsys):

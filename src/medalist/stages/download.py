@@ -6,7 +6,8 @@ Reads:  configs/competitions/<comp>.yaml; a local folder (--dir) or zip (--zip),
 Writes: data/raw/<comp>/ holding `.complete`, a JSON stamp of where the files came from.
         Everything lands in a temp folder beside it first, passes the data validation `folds`
         applies (`read_raw`), gets its stamp and is renamed into place: rejected or half-fetched
-        data never shows up in data/raw/<comp>/.
+        data never shows up in data/raw/<comp>/. A message about one of its files names it where
+        the user has it (in the COMP_DIR, or as `<zip>:<member>`), not in the temp folder.
         One download per competition at a time (data/raw/.<comp>.download.lock): a second one
         waits, then finds the data complete. A download first removes the temp folders a killed
         one left (data/raw/.<comp>.*.tmp).
@@ -85,11 +86,12 @@ def run(comp: Competition, comp_dir: Path | None = None, comp_zip: Path | None =
         stage = Path(tempfile.mkdtemp(prefix=f".{comp.name}.", suffix=".tmp", dir=raw.parent))
         try:
             files = stage / comp.name
-            origin = _fetch(comp, comp_dir, comp_zip, stage, files, backoff_base)
-            _check_files(comp, files, origin)
-            if comp.inputs.image is not None and comp.inputs.image.urls is not None:
-                _fetch_url_images(comp, files, cache, origin)
-            _validate(comp, files, origin)
+            with _named_as_given(files, comp, comp_dir, comp_zip):
+                origin = _fetch(comp, comp_dir, comp_zip, stage, files, backoff_base)
+                _check_files(comp, files, origin)
+                if comp.inputs.image is not None and comp.inputs.image.urls is not None:
+                    _fetch_url_images(comp, files, cache, origin)
+                _validate(comp, files, origin)
             stamp = {
                 **origin,
                 "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -210,6 +212,27 @@ def _check_files(comp: Competition, files: Path, origin: dict) -> None:
             f"{origin['source']} has no {', '.join(missing)} (it has: {', '.join(has) or 'nothing'}); "
             f"fix `files:` in configs/competitions/{comp.name}.yaml"
         )
+
+
+@contextlib.contextmanager
+def _named_as_given(files: Path, comp: Competition, comp_dir: Path | None, comp_zip: Path | None):
+    """A message about a file of the download names it as the user knows it — the file in their
+    COMP_DIR, or `<zip>:<member>` — not by the temp folder it passes through on its way in."""
+    if comp_dir is not None:
+        given = f"{Path(comp_dir).resolve()}/"
+    elif comp_zip is not None:
+        given = f"{Path(comp_zip).resolve()}:"
+    elif comp.source == "demo":
+        given = f"the {comp.name} demo:"
+    else:
+        given = f"{comp.slug}.zip:"  # what Kaggle's download is called
+    try:
+        yield
+    except UserError as e:
+        msg = str(e)
+        for temp in (str(files), str(files.relative_to(C.root()))):
+            msg = msg.replace(f"{temp}/", given).replace(temp, given.rstrip("/:"))
+        raise UserError(msg) from None
 
 
 @contextlib.contextmanager
@@ -342,7 +365,7 @@ def _check_unzip_size(zf: zipfile.ZipFile, budget: _Budget, where: Path, what: s
     free = shutil.disk_usage(where).free
     if total - budget.unpacked > free:
         raise UserError(f"{what}: unpacks to {(total - budget.unpacked) / GIB:.2f} GiB, only {free / GIB:.2f} GiB "
-                        f"free in {where.relative_to(C.root())}")
+                        "free on the disk of data/raw/")
     budget.unpacked = total
 
 
