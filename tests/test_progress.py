@@ -3,11 +3,18 @@ from __future__ import annotations
 
 import io
 
+from medalist.core import progress as P
 from medalist.core.progress import progress
 
 
-def test_a_bar_into_a_file_is_a_line_every_few_percent():
+def test_a_bar_into_a_file_is_a_line_every_few_percent(monkeypatch):
     log = io.StringIO()  # not a terminal, as `make all > log 2>&1` makes stderr
+    for _ in progress(range(10_000), desc="decoding images", unit="img", file=log):
+        pass
+    assert log.getvalue().count("\n") == 1, "a bar done in a moment is its last line only"
+
+    monkeypatch.setattr(P, "GAP_S", 0.0)  # as if every step took long
+    log = io.StringIO()
     assert sum(1 for _ in progress(range(10_000), desc="decoding images", unit="img", file=log)) == 10_000
     lines = log.getvalue().splitlines()
     assert "\r" not in log.getvalue() and log.getvalue().endswith("\n")

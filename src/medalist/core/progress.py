@@ -2,7 +2,8 @@
 
 On a terminal it is tqdm's bar. Written to a file or a pipe (`make all > log 2>&1`, CI, a job
 log) a bar's carriage-return redraws pile up into one unreadable line, so there it is a plain
-line every STEP of the way and one at the end, each the text tqdm's bar shows.
+line every STEP of the way (at most one each GAP_S) and one at the end, each the text tqdm's bar
+shows.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from collections.abc import Iterable
 from typing import IO, Any
 
 STEP = 0.05  # a line every 5% of the way: at most 21 lines a bar in a log
+GAP_S = 5.0  # … and seconds apart: a bar done in seconds (an epoch of a small model) is its last line only
 QUIET_S = 60.0  # a bar without a total (a download that sent no length): a line a minute at most
 
 
@@ -66,9 +68,9 @@ class _Lines:
         if self.disable:
             return
         self.n += n
-        steps = self._steps()
-        if (self.total and (steps > self.steps or self.n >= self.total)) or \
-                (not self.total and time.monotonic() - self.last >= QUIET_S):
+        steps, since = self._steps(), time.monotonic() - self.last
+        if (self.total and (self.n >= self.total or (steps > self.steps and since >= GAP_S))) or \
+                (not self.total and since >= QUIET_S):
             self.steps = steps
             self._line()
 
