@@ -3,6 +3,7 @@ pairwise Jaccard, and `checks` and the ensemble's exact match count the same row
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -105,3 +106,32 @@ def test_ignoring_spacing_is_an_option_of_the_same_normaliser():
     a, b = "Find x+1 = 2, NOW.", "find x + 1=2 now"
     assert normalise(a) != normalise(b)
     assert normalise(a, ignore_spacing=True) == normalise(b, ignore_spacing=True) == "findx+1=2now"
+
+
+MATH = Path(__file__).resolve().parents[2] / "shared" / "competitions" / "math-subjects"
+
+
+@pytest.mark.skipif(not MATH.is_dir(), reason="needs ../shared/competitions/math-subjects")
+def test_math_subjects_problems_one_symbol_apart_share_a_fold():
+    """The issue's case: the same problem with one symbol changed (word 3-shingle Jaccard ≥ 0.9)
+    never straddles folds, nor does any pair at the configured threshold."""
+    import zlib
+
+    from medalist.core.competition import load_competition
+    from medalist.core.groups import row_groups
+    from medalist.stages.folds import assign_folds
+    from medalist.text.clean import clean
+
+    comp = load_competition("math-subjects")
+    train = pd.read_csv(MATH / "train.csv", keep_default_na=False)
+    texts = [clean(t, comp.cleaning) for t in train["Question"]]
+    fold = assign_folds(row_groups(texts, None, comp.folds.near_dup_threshold).group, train["label"].to_numpy(),
+                        comp.folds.n, comp.folds.seed)
+
+    def words3(t: str) -> set[int]:
+        w = t.split()
+        return {zlib.crc32(" ".join(w[i:i + 3]).encode()) for i in range(max(len(w) - 2, 1))}
+
+    for sets, threshold in (([words3(t) for t in texts], 0.9), ([shingles(t) for t in texts], comp.folds.near_dup_threshold)):
+        i, j, _ = similar_pairs(sets, None, threshold)
+        assert len(i) > 10 and (fold[i] == fold[j]).all()
