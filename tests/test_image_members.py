@@ -92,6 +92,31 @@ def test_image_embed_computes_features_once_for_every_fold(project):
     assert npy.stat().st_mtime_ns != stamp and len(list(npy.parent.glob("*.npy"))) == 1
 
 
+def test_an_image_replaced_under_its_name_is_decoded_embedded_and_trained_again(project, capsys):
+    """Caches are keyed by content (core.cache): two test images that swap files, names kept, swap
+    their rows in the run's test predictions on the next `make train` — no finished fold, decoded
+    pixel or feature of the old files is reused."""
+    from medalist.stages import train as train_stage
+
+    tiny_competition(project)
+    (project / "configs" / "models" / "tinyembed.yaml").write_text(yaml.safe_dump(EMBED))
+    run = train_stage.run(COMP, "tinyembed")
+    before = pd.read_csv(run / "test.csv", dtype={"id": str}).set_index("id")
+    test_dir = project / "data" / "raw" / COMP / "test"
+    a, b = (test_dir / "te1.png").read_bytes(), (test_dir / "te2.png").read_bytes()
+    (test_dir / "te1.png").write_bytes(b)
+    (test_dir / "te2.png").write_bytes(a)
+    capsys.readouterr()
+    train_stage.run(COMP, "tinyembed")
+    assert "done, skipped" not in capsys.readouterr().out
+    after = pd.read_csv(run / "test.csv", dtype={"id": str}).set_index("id")
+    assert not np.allclose(before.loc["te1"], before.loc["te2"])
+    np.testing.assert_allclose(after.loc["te1"], before.loc["te2"], atol=1e-6)
+    np.testing.assert_allclose(after.loc["te2"], before.loc["te1"], atol=1e-6)
+    others = [i for i in before.index if i not in ("te1", "te2")]
+    np.testing.assert_allclose(after.loc[others], before.loc[others], atol=1e-6)
+
+
 def test_image_embed_stops_with_one_line_on_a_wrong_backbone_or_weights(project):
     with pytest.raises(C.UserError, match="tf_efficientnet_lite0"):
         C.from_dict(image_embed.Config, {**EMBED, "weights": "packaged"}, "image-embed.yaml")

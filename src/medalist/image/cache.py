@@ -3,13 +3,13 @@ array that every epoch, fold and image run of that size reuses (memory-mapped, s
 processes share the pages).
 
 Files: data/processed/<comp>/images/<size>.npy (n, size, size, 3) uint8, <size>.json (the image
-paths in row order, which of them decoded, and a fingerprint of the path list: a new folds run
-that changes the rows rebuilds it). Paths are the `image` column of the processed tables
+paths in row order, which of them decoded, and a fingerprint (`core.cache`) of the path list, the
+files' bytes, the pixel limit and the decoding code: new rows, an image replaced under the same
+name or a new limit decode again). Paths are the `image` column of the processed tables
 (relative to the project root).
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Sequence
@@ -17,6 +17,7 @@ from typing import Sequence
 import numpy as np
 
 from medalist.core import config as C
+from medalist.core.cache import file_digests, key, source_digest
 from medalist.core.io import atomic_path, write_text
 from medalist.core.progress import progress
 from medalist.image.decode import max_pixels, open_rgb, square
@@ -24,7 +25,7 @@ from medalist.image.decode import max_pixels, open_rgb, square
 
 def _fingerprint(image_paths: Sequence[str]) -> str:
     # the pixel limit decides which files are readable: a new one decodes again
-    return hashlib.sha256("\n".join([f"max_pixels {max_pixels()}", *image_paths]).encode()).hexdigest()[:16]
+    return key("decoded", max_pixels(), list(image_paths), file_digests(image_paths), source_digest(__name__))
 
 
 def decode_all(image_paths: Sequence[str], size: int, desc: str = "decoding images") -> tuple[np.ndarray, np.ndarray]:
@@ -92,7 +93,9 @@ def images(image_paths: Sequence[str], size: int, processed_dir: Path | None = N
     competition's decode-once cache where its processed folder is given, decoded directly otherwise."""
     if processed_dir is None:
         return decode_all(list(image_paths), size)
-    key = (str(Path(processed_dir).resolve()), size)
-    if key not in _OPEN:
-        _OPEN[key] = ImageCache(Path(processed_dir), size)
-    return _OPEN[key].get(list(image_paths))
+    at = (str(Path(processed_dir).resolve()), size)
+    cache = _OPEN.get(at)
+    # a file replaced since this process opened the cache (same name, other bytes) makes it stale
+    if cache is None or cache.fingerprint != _fingerprint(list(cache.index)):
+        cache = _OPEN[at] = ImageCache(Path(processed_dir), size)
+    return cache.get(list(image_paths))

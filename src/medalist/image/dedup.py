@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medalist.core import config as C
+from medalist.core.cache import file_digests
 from medalist.image.cache import images
 
 HASH_SIZE = 32  # the standard pHash input: a 32×32 grey image, its 8×8 lowest DCT frequencies
@@ -37,18 +37,6 @@ MAX_PIXEL_MAE = 5.0
 # two different small shapes on a plain background ≥ 0.2 although their plain MAE is small
 MAX_RELATIVE_MAE = 0.15
 _CHUNK = 1024  # rows of the pairwise distance computed at once: 1024 × n bytes of memory
-
-
-def file_hashes(image_paths: Sequence[str]) -> list[str]:
-    """SHA-256 of each file's bytes ("" for a missing file); paths relative to the project root."""
-    root = C.root()
-    out = []
-    for p in image_paths:
-        try:
-            out.append(hashlib.sha256((root / p).read_bytes()).hexdigest() if p else "")
-        except OSError:
-            out.append("")
-    return out
 
 
 def grey(pixels: np.ndarray) -> np.ndarray:
@@ -145,7 +133,7 @@ def find_duplicates(image_paths: Sequence[str], processed_dir: Path | None = Non
     `decoded` = `images(image_paths, HASH_SIZE)` when the caller has them already."""
     paths = list(image_paths)
     pixels, readable = decoded if decoded is not None else images(paths, HASH_SIZE, processed_dir)
-    hashes = file_hashes(paths)
+    hashes = file_digests(paths)  # SHA-256 of the bytes, "" for a missing file
     exact = _exact_groups(hashes, pixels, readable)
     # one node per exact group: near pairs between its representatives
     reps = np.flatnonzero(readable & (exact == np.arange(len(paths))))

@@ -4,16 +4,15 @@
 
 Files: data/processed/<comp>/features/<name>.npy (n, d) float32, one row per image of the decode
 cache (processed train.csv + test.csv, `medalist.image.cache`), and <name>.json (the image paths in
-row order, which decoded, and a fingerprint of the decode cache's — the path list and the pixel
-limit — and of the network's identity: new weights, another size, a new folds run or a new limit
-recomputes it). Pixels come from the decode-once cache.
+row order, which decoded, and a fingerprint (`core.cache`) of the decode cache's — paths, the
+files' bytes, the pixel limit — and of the network's identity and code: new weights, another
+size, new rows, a replaced image or a new limit recomputes it). Pixels come from the decode-once cache.
 A row with no image or an unreadable one gets a zero vector and readable=False: what it predicts is
 its family's fallback.
 """
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import time
 from pathlib import Path
@@ -21,6 +20,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from medalist.core.cache import key, source_digest
 from medalist.core.io import atomic_path, write_text
 from medalist.core.progress import progress
 from medalist.image.cache import ImageCache, images
@@ -98,7 +98,8 @@ def compute(ex: Extractor, image_paths: Sequence[str],
 
 
 def _fingerprint(ex: Extractor, pixels: str) -> str:
-    return hashlib.sha256("\n".join([ex.identity, str(ex.size), pixels]).encode()).hexdigest()[:16]
+    # the network's code counts too: the module that builds it and this one
+    return key("features", ex.identity, ex.size, pixels, source_digest(__name__, ex.build.__module__))
 
 
 def cached(ex: Extractor, processed_dir: Path) -> tuple[np.ndarray, dict[str, int], np.ndarray, dict]:
@@ -108,7 +109,7 @@ def cached(ex: Extractor, processed_dir: Path) -> tuple[np.ndarray, dict[str, in
     paths = list(decoded.index)  # the decode cache's rows, in its order
     npy = Path(processed_dir) / "features" / f"{ex.name}.npy"
     meta = npy.with_suffix(".json")
-    fp = _fingerprint(ex, decoded.fingerprint)  # its paths and pixel limit
+    fp = _fingerprint(ex, decoded.fingerprint)  # the decoded pixels' own key: paths, bytes, limit, code
     if not (npy.exists() and meta.exists() and json.loads(meta.read_text()).get("fingerprint") == fp):
         t0 = time.time()
         vecs, ok = compute(ex, paths, processed_dir)

@@ -12,8 +12,8 @@ Run     python -m medalist.stages.train --comp demo --model tfidf
 Each fold hands the family rows (FoldData): id plus the processed columns the model config's
 `inputs` names (default [text]), which the competition must declare; metrics.json records them.
 A killed run restarts at the first unfinished fold; a fold whose done.json carries another
-config hash is retrained (the hash covers the processed tables, the generated rows chosen and a
-pretrained backbone's key). A --folds subset trains and scores those folds only and leaves the run unfinished, so a
+config hash is retrained (the hash covers, by content (`core.cache`), the processed tables, the
+images they name, the family's code, the generated rows chosen and a pretrained backbone's key). A --folds subset trains and scores those folds only and leaves the run unfinished, so a
 later full run reuses them.
 """
 from __future__ import annotations
@@ -29,6 +29,7 @@ import pandas as pd
 
 from medalist.core import config as C
 from medalist.core import generated
+from medalist.core.cache import file_digest, file_digests, key, source_digest
 from medalist.core.competition import load_competition
 from medalist.core.config import Paths, UserError, stage_parser
 from medalist.core.io import align, proba_frame, read_json, read_processed, write_csv, write_json, write_text
@@ -77,15 +78,17 @@ def run(comp_name: str, model: str, use_gen: bool = False, folds: list[int] | No
     gen = generated.read_train_rows(paths, generated.SOURCES if use_gen else gen_sources) if with_gen else None
 
     resolved = {"run": name, "competition": comp.name, "use_gen": use_gen, "model": C.to_dict(cfg),
-                # new processed tables (other data, cleaning or folds) retrain every fold: a finished
-                # fold of the old data is not a fold of the new
-                "data_digest": _digest(paths.processed / "train.csv", paths.processed / "test.csv")}
+                # new processed tables (other data, cleaning or folds), a replaced image or new code of the
+                # family (`core.cache`) retrain every fold: a finished fold of the old is not a fold of the new
+                "data_digest": key(file_digest(paths.processed / "train.csv"), file_digest(paths.processed / "test.csv"),
+                                   _image_digests(train, test) if "image" in cols else None),
+                "source_digest": source_digest(mod.__name__)}
     if gen is not None:  # new generated rows retrain the folds; unchanged ones keep them
         resolved["generated"] = {"sources": sorted(set(generated.kind(gen["source"]))), "rows": len(gen),
                                  "digest": generated.digest(gen),
                                  "near_dup_threshold": comp.folds.near_dup_threshold}
-    if isinstance(cfg, Tokenized) and (key := pretrain_key(cfg.backbone, comp.name)):  # a new pretraining retrains too
-        resolved["pretrain_key"] = key
+    if isinstance(cfg, Tokenized) and (pre := pretrain_key(cfg.backbone, comp.name)):  # a new pretraining retrains too
+        resolved["pretrain_key"] = pre
     cfg_hash = hashlib.sha256(json.dumps(resolved, sort_keys=True).encode()).hexdigest()[:16]
     n_folds = int(train["fold"].max()) + 1
     todo = list(range(n_folds)) if folds is None else folds
@@ -152,13 +155,10 @@ def run(comp_name: str, model: str, use_gen: bool = False, folds: list[int] | No
     return run_dir
 
 
-def _digest(*files: Path) -> str:
-    h = hashlib.sha256()
-    for f in files:
-        with open(f, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
-    return h.hexdigest()[:16]
+def _image_digests(train: pd.DataFrame, test: pd.DataFrame) -> str:
+    """The bytes of every image the tables name: the tables hold paths only."""
+    paths = sorted({p for p in (*train["image"], *test["image"]) if isinstance(p, str) and p})
+    return key(paths, file_digests(paths))
 
 
 def _inputs(comp, model: str, cfg, train: pd.DataFrame, with_gen: bool) -> tuple[str, ...]:

@@ -17,7 +17,6 @@ those sets — no pair at or above the threshold is ever missed:
 """
 from __future__ import annotations
 
-import math
 import zlib
 from typing import Sequence
 

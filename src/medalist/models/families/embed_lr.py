@@ -19,6 +19,7 @@ import joblib
 import numpy as np
 from sklearn.linear_model import LogisticRegression
 
+from medalist.core.cache import key, source_digest, tree_digest
 from medalist.core.config import AtLeastOne, Positive
 from medalist.core.io import atomic_path
 from medalist.models import FoldData, FoldResult, RunConfig, texts
@@ -56,13 +57,11 @@ _IDENTITY: dict[str, str] = {}
 
 
 def _identity(backbone: str) -> str:
-    """The name and, for a local folder, its files' names, sizes and times: new weights under the
-    same name are another encoder (its embeddings are never reused)."""
+    """The name, the content of a local folder's files and the embedding code (`core.cache`): new
+    weights under the same name, or a new pooling, are another encoder (its embeddings are never reused)."""
     if backbone not in _IDENTITY:
         where = Path(resolve_backbone(backbone))
-        files = sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in where.iterdir() if p.is_file()) \
-            if where.is_dir() else []
-        _IDENTITY[backbone] = hashlib.sha1(repr((backbone, files)).encode()).hexdigest()
+        _IDENTITY[backbone] = key("text-embeddings", backbone, tree_digest(where), source_digest(__name__))
     return _IDENTITY[backbone]
 
 
