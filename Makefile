@@ -91,9 +91,10 @@ $(foreach m,$(MODELS),$(if $(call is_config,configs/models,$(call run_model,$(m)
 STAMPS        := .make/stamps/$(COMP)
 $(STAMPS)/%.json: | $(VENV)/.installed
 	@test -e $@ || $(PY) -m medalist.models.registry $(MODELS_MK) $(MODEL_CONFIGS) $(COMP_CONFIGS) && test -e $@
-# the folders too: adding or renaming a config changes their time, not the config's
+# the folders too: adding or renaming a config changes their time, not the config's; and every
+# source file, since a run's prerequisites are what its family imports (a new import is a new one)
 $(MODELS_MK): $(MODEL_CONFIGS) $(COMP_CONFIGS) configs/models configs/competitions $(wildcard configs/pretrain) \
-              $(M)/models/registry.py $(M)/models/backbones.py | $(VENV)/.installed
+              $(wildcard $(M)/*.py $(M)/*/*.py $(M)/*/*/*.py) | $(VENV)/.installed
 	$(PY) -m medalist.models.registry $@ $(MODEL_CONFIGS) $(COMP_CONFIGS)
 
 # A MODELS entry with a suffix of its own (minilm+pseudo) keeps it: one make can ensemble a run on

@@ -56,6 +56,10 @@ def test_make_all_then_nothing_then_only_what_changed(make_project):
     assert stages(make(root, "-n", "all").stdout) == ["ensemble", "report"]
     os.utime(root / "configs/tta.yaml", (later, later))
     assert stages(make(root, "-n", "all").stdout) == ["tta", "ensemble", "report"]
+    # a run depends on the code its family imports, found statically: tfidf's module, not the
+    # image families' inference.py (which image_embed imports inside a function)
+    assert "train" in stages(make(root, "-n", "-W", "src/medalist/models/families/tfidf.py", "all").stdout)
+    assert "train" not in stages(make(root, "-n", "-W", "src/medalist/models/inference.py", "all").stdout)
     os.utime(root / "configs/models/tfidf.yaml", (later, later))
     rerun = stages(make(root, "-n", "all").stdout)
     assert "train" in rerun and "ensemble" in rerun and "report" in rerun
@@ -112,6 +116,12 @@ def test_family_table_comes_from_the_registry(make_project):
     out = make(root, "-n", "train", "MODELS=tfidf minilm").stdout
     assert "-m medalist.stages.train --comp demo --model tfidf" in out  # in-process
     assert "accelerate launch --config_file accelerate_config.yaml -m medalist.stages.train --comp demo --model minilm" in out
+    # prerequisites are what a family imports, at any depth, inside functions too: editing
+    # models/inference.py makes image-embed runs stale, and the ensemble's code no run
+    mk = (root / ".make" / "models.mk").read_text()
+    image_embed = next(line for line in mk.splitlines() if line.startswith("MODEL_SRC.image-embed :="))
+    assert "$(M)/models/inference.py" in image_embed and "$(M)/image/features.py" in image_embed
+    assert "stages/ensemble.py" not in mk
 
 
 # Every kind of shell and make syntax; run anywhere, each piece would create INJECTED in the project.

@@ -42,12 +42,12 @@ def file_digests(paths: Sequence[str], root: Path | None = None) -> list[str]:
     return [file_digest(base / p) if p else "" for p in paths]
 
 
-_PACKAGE = Path(__file__).resolve().parents[1]  # src/medalist
+PACKAGE = Path(__file__).resolve().parents[1]  # src/medalist
 
 
 def _module_file(name: str) -> Path | None:
     """medalist.a.b → src/medalist/a/b.py or a/b/__init__.py, found on disk (importing would run it)."""
-    rel = _PACKAGE.joinpath(*name.split(".")[1:])
+    rel = PACKAGE.joinpath(*name.split(".")[1:])
     for f in (rel.parent / f"{rel.name}.py", rel / "__init__.py"):
         if f.is_file():
             return f

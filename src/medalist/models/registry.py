@@ -1,5 +1,5 @@
 """The one family table: a family's name, its module, how `make train` starts it, and the
-source files a run of it depends on. The Makefile learns all of this from here (through the
+source files a run of it depends on (what its module imports, found statically). The Makefile learns all of this from here (through the
 `.make/models.mk` that `make_include` writes), never by parsing YAML itself.
 
 Run     python -m medalist.models.registry .make/models.mk configs/models/*.yaml   (the Makefile does)
@@ -24,6 +24,7 @@ from typing import Any, Callable, Literal
 import numpy as np
 
 from medalist.core import config as C
+from medalist.core.cache import PACKAGE, module_sources
 from medalist.core.competition import Competition
 from medalist.core.config import UserError
 from medalist.core.io import write_text
@@ -35,38 +36,27 @@ class Family:
     name: str
     module: str
     launch: Literal["inprocess", "accelerate"]
-    sources: tuple[str, ...]  # paths under src/medalist/ a run of this family depends on
 
 
-_ENGINE = ("models/engine.py", "models/training.py", "models/checkpoints.py", "models/inference.py")
 FAMILIES: dict[str, Family] = {f.name: f for f in (
-    Family("tfidf", "medalist.models.families.tfidf", "inprocess", ("models/families/tfidf.py",)),
-    Family("embed_lr", "medalist.models.families.embed_lr", "inprocess",
-           ("models/families/embed_lr.py", "models/backbones.py")),
-    Family("encoder", "medalist.models.families.hf_text", "accelerate",
-           ("models/families/hf_text.py", "models/backbones.py", *_ENGINE)),
-    Family("decoder_lora", "medalist.models.families.hf_text", "accelerate",
-           ("models/families/hf_text.py", "models/backbones.py", *_ENGINE)),
-    Family("image", "medalist.models.families.image", "accelerate",
-           ("models/families/image.py", "image/augment.py", "image/weights.py", "image/cache.py", "image/decode.py",
-            *_ENGINE)),
-    Family("cnn", "medalist.models.families.cnn", "accelerate",
-           ("models/families/cnn.py", "models/families/image.py", "image/augment.py", "image/weights.py",
-            "image/cache.py", "image/decode.py", *_ENGINE)),
-    Family("image_embed", "medalist.models.families.image_embed", "inprocess",
-           ("models/families/image_embed.py", "image/features.py", "image/weights.py", "image/cache.py",
-            "image/decode.py")),
-    Family("fusion_embed", "medalist.models.families.fusion_embed", "inprocess",
-           ("models/families/fusion_embed.py", "models/families/embed_lr.py", "models/families/image_embed.py",
-            "models/backbones.py", "image/features.py", "image/weights.py", "image/cache.py", "image/decode.py")),
-    Family("autoencoder", "medalist.models.families.autoencoder", "accelerate",
-           ("models/families/autoencoder.py", "models/families/image_embed.py", "image/features.py",
-            "image/weights.py", "image/cache.py", "image/decode.py", *_ENGINE)),
-    Family("fusion", "medalist.models.families.fusion", "accelerate",
-           ("models/families/fusion.py", "models/families/hf_text.py", "models/backbones.py", "image/augment.py",
-            "image/weights.py", "image/cache.py", "image/decode.py", *_ENGINE)),
+    Family("tfidf", "medalist.models.families.tfidf", "inprocess"),
+    Family("embed_lr", "medalist.models.families.embed_lr", "inprocess"),
+    Family("encoder", "medalist.models.families.hf_text", "accelerate"),
+    Family("decoder_lora", "medalist.models.families.hf_text", "accelerate"),
+    Family("image", "medalist.models.families.image", "accelerate"),
+    Family("cnn", "medalist.models.families.cnn", "accelerate"),
+    Family("image_embed", "medalist.models.families.image_embed", "inprocess"),
+    Family("fusion_embed", "medalist.models.families.fusion_embed", "inprocess"),
+    Family("autoencoder", "medalist.models.families.autoencoder", "accelerate"),
+    Family("fusion", "medalist.models.families.fusion", "accelerate"),
 )}
-COMMON_SOURCES = ("stages/train.py", "models/__init__.py", "models/registry.py")
+
+
+def sources(fam: Family) -> list[str]:
+    """Paths under src/medalist/ a run of this family depends on: everything its module, the train
+    stage and this table import, at any depth, found statically (`core.cache`), never listed by hand."""
+    files = {*module_sources(fam.module), *module_sources("medalist.stages.train"), *module_sources(__name__)}
+    return sorted(f.relative_to(PACKAGE).as_posix() for f in files)
 
 
 def family(name: str, where: str = "model config") -> Family:
@@ -168,8 +158,8 @@ def make_include(configs: list[Path]) -> str:
         except UserError as e:
             lines.append(f"MODEL_ERROR.{name} := {_make_text(str(e))}")
             continue
-        sources = " ".join(f"$(M)/{s}" for s in dict.fromkeys((*fam.sources, *COMMON_SOURCES)))
-        lines += [f"MODEL_LAUNCH.{name} := {fam.launch}", f"MODEL_SRC.{name} := {sources}"]
+        files = " ".join(f"$(M)/{s}" for s in sources(fam))
+        lines += [f"MODEL_LAUNCH.{name} := {fam.launch}", f"MODEL_SRC.{name} := {files}"]
         if pretrain:
             lines.append(f"MODEL_PRETRAIN.{name} := {pretrain}")
     return "\n".join(lines) + "\n"
