@@ -79,6 +79,8 @@ def render(v: dict) -> list[str]:
                      f"{'—' if r.get('within') is None else 'yes' if r['within'] else 'no'} |")
         if c["missing"]:
             L.append(f"| not trained: {', '.join(c['missing'])} | | | | | |")
-        L += ["", (f"Ranking by OOF {'equals' if c['same_ranking'] else 'differs from'} the ranking by test: "
+        L.append("")
+        if len(c["rank_by_oof"]) > 1:
+            L += [(f"Ranking by OOF {'equals' if c['same_ranking'] else 'differs from'} the ranking by test: "
                    f"OOF {' > '.join(c['rank_by_oof'])}; test {' > '.join(c['rank_by_test'])}."), ""]
     return L
