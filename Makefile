@@ -12,7 +12,7 @@ MODELS   ?=#                 runs to train / ensemble (configs/models/<m>.yaml, 
 USE_GEN  ?= 0#               1: train on every generated source too (runs get a +gen suffix)
 GEN      ?=#                 or some of them: e.g. aug,pseudo (of aug,llm,pseudo; runs get +aug+pseudo)
 TTA      ?= 1#               1: the ensemble reads each run's tta/ (used only where it helps OOF)
-FOLDS    ?=#                 e.g. 0,1: train a subset for a quick look (run stays unfinished)
+FOLDS    ?=#                 e.g. 0,1: train these folds only, for a quick look (the run's files wait for all)
 COMP_DIR ?=#                 a local folder holding the competition files
 COMP_ZIP ?=#                 a local zip of the competition files
 RUN      ?=#                 one run, for `make submission` / `make predict`; the teacher run(s), for `make pseudo`
@@ -34,7 +34,7 @@ BENCH_ARGS   ?=#                             e.g. --parts speed,growth  --quick 
 # backticks, spaces and newlines in a path or a message run nothing and arrive unchanged.
 $(foreach v,COMP MODELS USE_GEN GEN TTA FOLDS COMP_DIR COMP_ZIP RUN MODEL CKPT FILE ANSWERS MESSAGE \
   BENCH_COMP BENCH_DIR BENCH_MODELS BENCH_GEN BENCH_NEURAL BENCH_ARGS,$(eval override $(v) := $$(value $(v))))
-export FOLDS COMP_DIR COMP_ZIP CKPT FILE ANSWERS MESSAGE BENCH_COMP BENCH_DIR BENCH_MODELS BENCH_NEURAL BENCH_ARGS
+export COMP_DIR COMP_ZIP CKPT FILE ANSWERS MESSAGE BENCH_COMP BENCH_DIR BENCH_MODELS BENCH_NEURAL BENCH_ARGS
 
 VENV       := .venv
 PY         := $(VENV)/bin/python
@@ -77,7 +77,7 @@ MODELS_MK     := .make/models.mk
 MODEL_CONFIGS := $(wildcard configs/models/*.yaml)
 COMP_CONFIGS  := $(wildcard configs/competitions/*.yaml)
 ifneq ($(filter-out help venv download pretrain baseline submission predict score submit \
-                    status tensorboard bench test clean,$(or $(MAKECMDGOALS),help)),)
+                    status tensorboard bench test test-all clean,$(or $(MAKECMDGOALS),help)),)
 include $(MODELS_MK)
 $(if $(MODELS),,$(eval override MODELS := $(COMP_MODELS.$(COMP))))
 $(foreach m,$(MODELS),$(if $(MODEL_ERROR.$(call run_model,$(m))),$(error $(MODEL_ERROR.$(call run_model,$(m))))))
@@ -109,6 +109,11 @@ PROC       := data/processed/$(COMP)/train.csv
 GEN_TRAIN  := data/generated/$(COMP)/generated_train.csv
 CHECKS     := $(R)/checks.md
 RUN_FILES  := $(foreach r,$(RUNS),$(R)/$(r)/metrics.json)
+FOLD_IDS   := $(COMP_FOLD_IDS.$(COMP))
+FOLD_LIST  := $(subst $(comma), ,$(FOLDS))
+$(if $(and $(FOLD_IDS),$(FOLDS)),$(if $(or $(filter-out $(FOLD_IDS),$(FOLD_LIST)),$(if $(FOLD_LIST),,none)),\
+  $(error FOLDS must list folds of $(COMP) ($(subst $(space),$(comma),$(FOLD_IDS))), comma-separated, not '$(FOLDS)')))
+FOLD_FILES := $(foreach r,$(RUNS),$(foreach k,$(FOLD_LIST),$(R)/$(r)/fold$(k)/done.json))
 TTA_FILES  := $(foreach r,$(RUNS),$(R)/$(r)/tta/metrics.json)
 LEADERBOARD:= $(R)/leaderboard.md
 ENSEMBLE   := $(R)/ensemble/metrics.json
@@ -124,11 +129,11 @@ endif
 
 .DEFAULT_GOAL := help
 .PHONY: FORCE help all venv download check folds baseline train augment generate pseudo pretrain tta evaluate \
-        ensemble report submission predict score submit status tensorboard test bench clean
+        ensemble report submission predict score submit status tensorboard test test-all bench clean
 
 help: ## list every target
 	@echo "usage: make <target> [COMP=demo] [MODELS=\"tfidf embed minilm\" (default: the competition's default_models)] [USE_GEN=0|1 | GEN=aug,llm,pseudo] …"
-	@awk 'BEGIN {FS = ":.*## "} /^[a-z]+:.*## / {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z][a-z-]*:.*## / {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 # no recipe of its own: `make -q all` must be able to say "up to date"
 all: $(RAW) $(CHECKS) $(PROC) $(RUN_FILES) $(LEADERBOARD) $(ENSEMBLE) $(REPORT) ## download, check, folds, train MODELS, evaluate, ensemble, report
@@ -232,17 +237,21 @@ $(R)/pretrain/%/done.json: configs/pretrain/%.yaml $(PROC) $(M)/stages/pretrain.
 # ---------------------------------------------------------------- training
 baseline: ## = make train MODELS=tfidf
 	$(MAKE) --no-print-directory train MODELS=tfidf
-train: $(RUN_FILES) ## train every run in MODELS, k folds each (neural ones under accelerate launch)
+train: $(if $(FOLDS),$(FOLD_FILES),$(RUN_FILES)) ## train every run in MODELS, k folds each (neural ones under accelerate launch)
 
 TRAIN.inprocess  = $(PY) -m medalist.stages.train
 TRAIN.accelerate = $(ACCELERATE) -m medalist.stages.train
 
 # A config the registry rejects fails only when its run is wanted (MODELS, or a goal needing it).
 # $(1): the config, $(2): the run's suffix (+gen, +aug+pseudo, or nothing).
+# Each fold of a run is a target of its own (make -j trains folds of one run and of several at
+# once); the run's oof.csv, test.csv and metrics.json are merged from them, training nothing.
 define RUN_RULE
-$(R)/$(1)$(2)/metrics.json: configs/models/$(1).yaml $(STAMPS)/override.$(1).json $(PROC) $(if $(2),$(GEN_TRAIN)) $(MODEL_SRC.$(1)) \
+$(R)/$(1)$(2)/fold%/done.json: configs/models/$(1).yaml $(STAMPS)/override.$(1).json $(PROC) $(if $(2),$(GEN_TRAIN)) $(MODEL_SRC.$(1)) \
   $(foreach p,$(MODEL_PRETRAIN.$(1)),$(R)/pretrain/$(p)/done.json) | $(VENV)/.installed
-	$$(if $$(MODEL_ERROR.$(1)),$$(error $$(MODEL_ERROR.$(1))))$$(TRAIN.$$(MODEL_LAUNCH.$(1))) --comp $(COMP) --model $(1) $(call gen_args,$(2)) $$(if $$(FOLDS),--folds "$$$$FOLDS")
+	$$(if $$(MODEL_ERROR.$(1)),$$(error $$(MODEL_ERROR.$(1))))$$(TRAIN.$$(MODEL_LAUNCH.$(1))) --comp $(COMP) --model $(1) $(call gen_args,$(2)) --folds $$*
+$(R)/$(1)$(2)/metrics.json: $(foreach k,$(FOLD_IDS),$(R)/$(1)$(2)/fold$(k)/done.json) | $(VENV)/.installed
+	$(PY) -m medalist.stages.train --comp $(COMP) --model $(1) $(call gen_args,$(2)) --merge
 $(R)/$(1)$(2)/tta/metrics.json: $(R)/$(1)$(2)/metrics.json configs/tta.yaml $(M)/stages/tta.py $(M)/text/views.py \
   $(M)/text/math_spans.py $(M)/text/augmenters.py | $(VENV)/.installed
 	$(PY) -m medalist.stages.tta --comp $(COMP) --run $(1)$(2)
@@ -307,7 +316,10 @@ endif
 	$(PY) bench/run_bench.py --comp "$$BENCH_COMP" --comp-dir "$$BENCH_DIR" --runs "$$BENCH_MODELS" --model "$$BENCH_NEURAL" $$BENCH_ARGS
 
 # ---------------------------------------------------------------- project
-test: | $(VENV)/.installed ## run the offline test suite
+test: | $(VENV)/.installed ## the fast offline tests, after every change (pipeline, kill-and-resume and bench runs left out)
+	$(PY) -m pytest -q -m "not slow" tests
+
+test-all: | $(VENV)/.installed ## every offline test, slow ones included (what CI runs)
 	$(PY) -m pytest -q tests
 
 clean: ## remove everything generated for COMP (keeps data/raw, the LLM cache, the submission ledger, .venv)

@@ -190,7 +190,7 @@ def main(argv: list[str] | None = None) -> None:
     if "dedup" in a.parts:
         res["dedup"] = part_dedup(a)
     if "validation" in a.parts:
-        res["validation"] = part_validation(a, work / "validation")
+        res["validation"] = part_validation(a, work / "validation", res.get("images"), stamps.get("images-quality"))
 
     q, s = res.get("quality") or {}, res.get("speed") or {}
     for key in ("ensemble_test_micro_f1", "ensemble_test_macro_f1", "best_single_test_micro_f1", "tfidf_test_micro_f1",

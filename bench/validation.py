@@ -27,35 +27,53 @@ def _row(name: str, oof: float | None, test: float | None, n_train: int, n_test:
             "within": bool(abs(test - oof) <= 2 * se)}
 
 
-def one(comp_name: str, answers_path: Path, work: Path) -> dict:
+def one(comp_name: str, answers_path: Path, work: Path, carried: dict | None = None) -> dict:
+    """carried: the images part's last figures ({"runs", "ensemble", "note"}), used for runs not
+    in results/ now — its folds are the image grouping's, which no text change moves."""
     comp = load_competition(comp_name)
     res = C.root() / "results" / comp.name
     answers = Answers(comp, answers_path)
     n_test = len(answers.y)
     processed = C.root() / "data" / "processed" / comp.name / "train.csv"
     n_train = len(pd.read_csv(processed, usecols=["id"])) if processed.exists() else 0
-    rows, missing = [], []
+    old = carried or {}
+    rows, missing, from_old = [], [], []
     for run in comp.default_models:
-        if not (res / run / "metrics.json").exists():
+        if (res / run / "metrics.json").exists():
+            e = run_entry(answers, res / run)
+        elif run in (old.get("runs") or {}):
+            e = old["runs"][run]
+            from_old.append(run)
+        else:
             missing.append(run)
             continue
-        e = run_entry(answers, res / run)
-        rows.append(_row(run, e["oof_score"], e["test"]["micro_f1"], n_train, n_test))
+        rows.append(_row(run + (f" ({old['note']})" if run in from_old else ""), e["oof_score"],
+                         e["test"]["micro_f1"], n_train, n_test))
     trained = [r for r in comp.default_models if r not in missing]
-    if len(trained) > 1:  # the ensemble of what is trained, named when it is not all of the default
+    ens = None
+    if from_old and not missing and (old.get("ensemble") or {}).get("runs") == trained:
+        ens = {**old["ensemble"], "note": old["note"]}
+    elif len(trained) > 1 and not from_old:  # the ensemble of what is trained, named when it is not all of the default
         ens = made_ensemble(answers, comp, trained, work / comp.name)
+    if ens:
         of = f" of {' '.join(trained)}" if missing else ""
-        rows.append(_row(f"ensemble{of} ({ens['method']}{', TTA' if ens.get('tta') else ''})", ens["oof_score"],
-                         ens["test"]["micro_f1"], n_train, n_test))
+        how = ", ".join([ens["method"], *(["TTA"] if ens.get("tta") else []), *([ens["note"]] if ens.get("note") else [])])
+        rows.append(_row(f"ensemble{of} ({how})", ens["oof_score"], ens["test"]["micro_f1"], n_train, n_test))
     runs = [r for r in rows if not r["what"].startswith("ensemble") and r.get("gap") is not None]
-    by_oof = [r["what"] for r in sorted(runs, key=lambda r: -r["oof"])]
-    by_test = [r["what"] for r in sorted(runs, key=lambda r: -r["test"])]
+    by_oof = [r["what"].split(" (")[0] for r in sorted(runs, key=lambda r: -r["oof"])]
+    by_test = [r["what"].split(" (")[0] for r in sorted(runs, key=lambda r: -r["test"])]
     return {"comp": comp.name, "metric": comp.metric, "n_train": n_train, "n_test": n_test, "rows": rows,
             "missing": missing, "rank_by_oof": by_oof, "rank_by_test": by_test, "same_ranking": by_oof == by_test}
 
 
-def part_validation(args, work: Path) -> dict:
-    return {"comps": [one(args.comp, args.answers, work), one(args.image_comp, args.image_answers, work)]}
+def part_validation(args, work: Path, images: dict | None = None, stamp: dict | None = None) -> dict:
+    """images, stamp: the images part's last results and when they were measured."""
+    q = (images or {}).get("quality") or {}
+    carried = None
+    if q.get("comp") == args.image_comp:
+        when = f"measured at git {stamp['git_sha']}, {stamp['date']}" if stamp else "measured earlier"
+        carried = {"runs": q.get("runs"), "ensemble": q.get("ensemble"), "note": f"{when}; not in results/ now"}
+    return {"comps": [one(args.comp, args.answers, work), one(args.image_comp, args.image_answers, work, carried)]}
 
 
 def _f(x) -> str:

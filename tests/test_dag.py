@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from conftest import REPO, make_env
 
@@ -27,6 +28,7 @@ def stages(out: str) -> list[str]:
     return [line.split("-m medalist.stages.")[1].split()[0] for line in out.splitlines() if "-m medalist.stages." in line]
 
 
+@pytest.mark.slow
 def test_make_all_then_nothing_then_only_what_changed(make_project):
     root = make_project
     first = make(root, "all")
@@ -69,15 +71,19 @@ def test_make_all_then_nothing_then_only_what_changed(make_project):
     assert stages(make(root, "-n", "all").stdout)[:2] == ["checks", "folds"]
 
 
+@pytest.mark.slow
 def test_killed_stage_leaves_no_finished_target(make_project):
     root = make_project
     make(root, "folds")
     run_dir = root / "results/demo/tfidf"
-    proc = subprocess.Popen(["make", "-C", str(root), "train", *ARGS], env=make_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    log = root.parent / "train.log"  # outside the project: what make said, should it end on its own
+    with log.open("w") as out:
+        proc = subprocess.Popen(["make", "-C", str(root), "train", *ARGS], env=make_env(),
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.time() + 300
     while not (run_dir / "fold0" / "done.json").exists():
-        assert proc.poll() is None and time.time() < deadline, "training ended before it could be killed"
+        assert proc.poll() is None and time.time() < deadline, \
+            f"training ended before it could be killed:\n{log.read_text()[-3000:]}"
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
@@ -134,10 +140,12 @@ def test_user_values_reach_programs_unchanged_and_run_nothing(make_project, tmp_
     root = make_project
     for value in (TRICKY, BREAKOUT):
         for args in (["submit", f"FILE={value}", f"MESSAGE={value}"], ["score", f"FILE={value}", f"ANSWERS={value}"],
-                     ["predict", "RUN=tfidf", f"CKPT={value}"], ["train", f"FOLDS={value}"],
+                     ["predict", "RUN=tfidf", f"CKPT={value}"],
                      ["download", f"COMP_DIR={value}", f"COMP_ZIP={value}"]):
             out = make(root, "-n", *args).stdout
             assert "INJECTED" not in out, (args, out)  # the value is never pasted into a command line
+        p = make(root, "-n", "train", f"FOLDS={value}", check=False)  # not fold numbers: one line
+        assert p.returncode != 0 and "INJECTED" not in p.stdout and "FOLDS must list folds of demo" in p.stderr
     p = make(root, "download", f"COMP_DIR={TRICKY}", check=False)
     assert p.returncode != 0 and TRICKY in p.stderr, p.stderr  # the error line echoes it verbatim
     p = make(root, "submit", f"MESSAGE={BREAKOUT}", check=False)  # the issue's reproduction
@@ -174,3 +182,32 @@ def test_models_default_comes_from_the_competition_config(make_project):
     p = subprocess.run(["make", "-C", str(root), "--no-print-directory", "-n", "train", "COMP=demo", "MODELS=embed"],
                        env=make_env(), capture_output=True, text=True, timeout=300)
     assert [line.split("--model ")[1].split()[0] for line in p.stdout.splitlines() if "--model " in line] == ["embed"]
+
+
+@pytest.mark.slow
+def test_folds_are_targets_of_their_own_and_results_do_not_depend_on_j(make_project, tmp_path):
+    """Each fold is a target: `make -j2` trains folds side by side and gives the files `-j1` gives,
+    byte for byte; a fold whose done.json is gone is trained again alone; FOLDS is checked even
+    when the run is up to date."""
+    root = make_project
+    other = tmp_path / "other"
+    shutil.copytree(root, other, symlinks=True)
+    runs = "MODELS=tfidf tfidf-sgd"
+    make(root, "all", "-j2", runs)
+    make(other, "all", "-j1", runs)
+    for run in ("tfidf", "tfidf-sgd"):
+        for f in ("oof.csv", "test.csv"):
+            assert (root / "results/demo" / run / f).read_bytes() == (other / "results/demo" / run / f).read_bytes()
+
+    folds = root / "results/demo/tfidf-sgd"
+    kept = {k: (folds / f"fold{k}" / "model.joblib").stat().st_mtime_ns for k in (0, 1, 2, 4)}
+    (folds / "fold3" / "done.json").unlink()
+    out = make(root, "train", runs).stdout
+    trained = [line.split("--folds ")[1].split()[0] for line in out.splitlines() if "--folds " in line]
+    assert trained == ["3"] and "--model tfidf-sgd" in out
+    assert {k: (folds / f"fold{k}" / "model.joblib").stat().st_mtime_ns for k in kept} == kept
+    assert (folds / "fold3" / "done.json").exists() and make(root, "-q", "all", runs, check=False).returncode == 1
+    make(root, "all", runs)
+    assert make(root, "-q", "all", runs, check=False).returncode == 0
+    p = make(root, "train", runs, "FOLDS=7", check=False)
+    assert p.returncode != 0 and "FOLDS must list folds of demo (0,1,2,3,4), comma-separated, not '7'" in p.stderr

@@ -139,7 +139,7 @@ def _pretrain_of(path: Path) -> str | None:
 
 def make_include(configs: list[Path]) -> str:
     """The makefile fragment for these model and competition configs: per competition its
-    default MODELS; per model its launch mode, the source files its runs depend on and the
+    default MODELS and its fold numbers; per model its launch mode, the source files its runs depend on and the
     pretraining its backbone is (`pretrain:<name>`: its runs depend on that output) — or, for a
     config this table rejects, the one-line error that the Makefile raises only when that model
     is asked for (a broken spare config blocks nothing)."""
@@ -151,6 +151,7 @@ def make_include(configs: list[Path]) -> str:
         except UserError:
             continue
         lines.append(f"COMP_MODELS.{path.stem} := {_make_text(' '.join(comp.default_models))}")
+        lines.append(f"COMP_FOLD_IDS.{path.stem} := {' '.join(map(str, range(comp.folds.n)))}")
     for path in sorted(p for p in configs if p.parent.name != "competitions"):
         name = path.stem
         try:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 import time
 from pathlib import Path
 
@@ -64,8 +65,10 @@ def _gen_for_fold(gen: pd.DataFrame, k: int, val_texts: pd.Series, threshold: fl
 
 
 def run(comp_name: str, model: str, use_gen: bool = False, folds: list[int] | None = None,
-        gen_sources: tuple[str, ...] = ()) -> Path:
-    """use_gen: train on every generated source; gen_sources: on those named (e.g. ("aug", "pseudo"))."""
+        gen_sources: tuple[str, ...] = (), merge: bool = False) -> Path:
+    """use_gen: train on every generated source; gen_sources: on those named (e.g. ("aug", "pseudo"));
+    folds: train these only (the run's files wait for all); merge: train nothing, only write the
+    run's files from its finished folds (a fold not finished under this config is an error)."""
     comp = load_competition(comp_name)
     paths = Paths(comp.name)
     mod, cfg = load_model_config(model, comp)
@@ -99,19 +102,23 @@ def run(comp_name: str, model: str, use_gen: bool = False, folds: list[int] | No
         run_dir.mkdir(parents=True, exist_ok=True)
         write_text(run_dir / "config.yaml", _yaml(resolved))
 
-    # one process per run at a time; what a killed one left (half-written weights) goes first.
-    # Under accelerate only the main process locks; the others wait for it at the barrier.
-    lock = (stage_lock(paths, f"train-{name}", [(run_dir, "fold*/.*.tmp"), (run_dir, ".*.tmp")])
-            if state.is_main_process else contextlib.nullcontext())
-    with lock:
-        state.wait_for_everyone()
-        for k in todo:
-            fold_dir = run_dir / f"fold{k}"
-            done = fold_dir / "done.json"
+    for k in todo:
+        fold_dir = run_dir / f"fold{k}"
+        done = fold_dir / "done.json"
+        # one process per fold at a time (the folds of a run are make targets of their own and may
+        # train side by side under make -j); what a killed one left (half-written weights) goes
+        # first. Under accelerate only the main process locks; the others wait at the barrier.
+        lock = (stage_lock(paths, f"train-{name}-fold{k}", [(fold_dir, ".*.tmp")])
+                if state.is_main_process else contextlib.nullcontext())
+        with lock:
+            state.wait_for_everyone()
             if done.exists() and read_json(done).get("config_hash") == cfg_hash:
                 if state.is_main_process:
+                    os.utime(done)  # still good: make, which asked because a prerequisite is newer, sees it so
                     print(f"[{name}] fold {k}: done, skipped ({read_json(done)['score']:.4f})")
                 continue
+            if merge:
+                raise UserError(f"[{name}] fold {k} is not finished under this config: run `make train`")
             tr = train[train["fold"] != k]
             if cfg.max_train_rows and len(tr) > cfg.max_train_rows:
                 tr = tr.sample(n=cfg.max_train_rows, random_state=cfg.seed)
@@ -144,14 +151,14 @@ def run(comp_name: str, model: str, use_gen: bool = False, folds: list[int] | No
                 print(f"[{name}] fold {k}: {comp.metric} {s:.4f}  ({seconds:.1f}s, {len(rows)} train rows)")
             state.wait_for_everyone()
 
-        if state.is_main_process:
-            finished = [k for k in range(n_folds)
-                        if (run_dir / f"fold{k}" / "done.json").exists()
-                        and read_json(run_dir / f"fold{k}" / "done.json").get("config_hash") == cfg_hash]
-            if len(finished) == n_folds:
-                _assemble(comp, train, test, run_dir, name, n_folds, cfg.inputs)
-            else:
-                print(f"[{name}] {len(finished)}/{n_folds} folds done; run `make train` without FOLDS to finish")
+    if state.is_main_process and folds is None:  # the run's own files, from every fold's
+        with stage_lock(paths, f"train-{name}", [(run_dir, ".*.tmp")]):
+            _assemble(comp, train, test, run_dir, name, n_folds, cfg.inputs)
+    elif state.is_main_process:
+        finished = sum((run_dir / f"fold{k}" / "done.json").exists()
+                       and read_json(run_dir / f"fold{k}" / "done.json").get("config_hash") == cfg_hash
+                       for k in range(n_folds))
+        print(f"[{name}] {finished}/{n_folds} folds done; `make train` without FOLDS finishes the run")
     return run_dir
 
 
@@ -246,8 +253,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--use-gen", action="store_true", help="train on every generated source too (run suffix +gen)")
     ap.add_argument("--gen", default="", help="train on these generated sources too, e.g. aug,pseudo")
     ap.add_argument("--folds", default=None, help="comma-separated subset, e.g. 0,1")
+    ap.add_argument("--merge", action="store_true", help="only write oof.csv, test.csv, metrics.json from the finished folds")
     a = ap.parse_args(argv)
-    run(a.comp, a.model, a.use_gen, parse_folds(a.folds), generated.parse_sources(a.gen) if a.gen else ())
+    run(a.comp, a.model, a.use_gen, parse_folds(a.folds), generated.parse_sources(a.gen) if a.gen else (), a.merge)
 
 
 if __name__ == "__main__":
