@@ -18,6 +18,7 @@ COMP_ZIP ?=#                 a local zip of the competition files
 RUN      ?=#                 one run, for `make submission` / `make predict`; the teacher run(s), for `make pseudo`
 MODEL    ?=#                 a pretraining config, for `make pretrain` (configs/pretrain/<m>.yaml)
 CKPT     ?=#                 a checkpoint folder, for `make predict`
+GPUS     ?=#                 e.g. 0,1: the GPUs fold jobs share out, one job each (default: every GPU)
 FILE     ?=#                 a submission file, for `make submit` / `make score`
 ANSWERS  ?=#                 an answers CSV (id,label), for `make score`
 MESSAGE  ?=#                 a submission message, for `make submit`
@@ -32,9 +33,9 @@ BENCH_ARGS   ?=#                             e.g. --parts speed,growth  --quick 
 # expands no `$(…)` in it) and reaches programs as an environment variable ("$$FILE") or as a
 # name checked against configs/, never pasted into a command line. So quotes, `$(…)`,
 # backticks, spaces and newlines in a path or a message run nothing and arrive unchanged.
-$(foreach v,COMP MODELS USE_GEN GEN TTA FOLDS COMP_DIR COMP_ZIP RUN MODEL CKPT FILE ANSWERS MESSAGE \
+$(foreach v,COMP MODELS USE_GEN GEN TTA FOLDS COMP_DIR COMP_ZIP RUN MODEL CKPT GPUS FILE ANSWERS MESSAGE \
   BENCH_COMP BENCH_DIR BENCH_MODELS BENCH_GEN BENCH_NEURAL BENCH_ARGS,$(eval override $(v) := $$(value $(v))))
-export COMP_DIR COMP_ZIP CKPT FILE ANSWERS MESSAGE BENCH_COMP BENCH_DIR BENCH_MODELS BENCH_NEURAL BENCH_ARGS
+export COMP_DIR COMP_ZIP CKPT GPUS FILE ANSWERS MESSAGE BENCH_COMP BENCH_DIR BENCH_MODELS BENCH_NEURAL BENCH_ARGS
 
 VENV       := .venv
 PY         := $(VENV)/bin/python
@@ -232,7 +233,7 @@ pretrain: | $(VENV)/.installed ## MODEL=<config>: continue a text backbone as a 
 # a model config with `backbone: pretrain:<name>` depends on this target (MODEL_PRETRAIN, from the registry)
 $(R)/pretrain/%/done.json: configs/pretrain/%.yaml $(PROC) $(M)/stages/pretrain.py $(M)/models/families/mlm.py \
   $(M)/models/backbones.py $(M)/models/engine.py $(M)/models/training.py $(M)/models/checkpoints.py | $(VENV)/.installed
-	$(ACCELERATE) -m medalist.stages.pretrain --comp $(COMP) --model $*
+	$(PY) -m medalist.core.slots --gpus 1 -- $(ACCELERATE) -m medalist.stages.pretrain --comp $(COMP) --model $*
 
 # ---------------------------------------------------------------- training
 baseline: ## = make train MODELS=tfidf
@@ -241,6 +242,9 @@ train: $(if $(FOLDS),$(FOLD_FILES),$(RUN_FILES)) ## train every run in MODELS, k
 
 TRAIN.inprocess  = $(PY) -m medalist.stages.train
 TRAIN.accelerate = $(ACCELERATE) -m medalist.stages.train
+# each fold job on its own GPU(s) where there are any (core.slots); $(1): a model config
+SLOT = $(PY) -m medalist.core.slots --gpus $(MODEL_GPUS.$(1)) --
+multi_gpu = $(if $(filter-out 0 1,$(MODEL_GPUS.$(1))), --multi_gpu --num_processes $(MODEL_GPUS.$(1)))
 
 # A config the registry rejects fails only when its run is wanted (MODELS, or a goal needing it).
 # $(1): the config, $(2): the run's suffix (+gen, +aug+pseudo, or nothing).
@@ -249,7 +253,7 @@ TRAIN.accelerate = $(ACCELERATE) -m medalist.stages.train
 define RUN_RULE
 $(R)/$(1)$(2)/fold%/done.json: configs/models/$(1).yaml $(STAMPS)/override.$(1).json $(PROC) $(if $(2),$(GEN_TRAIN)) $(MODEL_SRC.$(1)) \
   $(foreach p,$(MODEL_PRETRAIN.$(1)),$(R)/pretrain/$(p)/done.json) | $(VENV)/.installed
-	$$(if $$(MODEL_ERROR.$(1)),$$(error $$(MODEL_ERROR.$(1))))$$(TRAIN.$$(MODEL_LAUNCH.$(1))) --comp $(COMP) --model $(1) $(call gen_args,$(2)) --folds $$*
+	$$(if $$(MODEL_ERROR.$(1)),$$(error $$(MODEL_ERROR.$(1))))$$(call SLOT,$(1)) $$(subst launch ,launch$$(call multi_gpu,$(1)) ,$$(TRAIN.$$(MODEL_LAUNCH.$(1)))) --comp $(COMP) --model $(1) $(call gen_args,$(2)) --folds $$*
 $(R)/$(1)$(2)/metrics.json: $(foreach k,$(FOLD_IDS),$(R)/$(1)$(2)/fold$(k)/done.json) | $(VENV)/.installed
 	$(PY) -m medalist.stages.train --comp $(COMP) --model $(1) $(call gen_args,$(2)) --merge
 $(R)/$(1)$(2)/tta/metrics.json: $(R)/$(1)$(2)/metrics.json configs/tta.yaml $(M)/stages/tta.py $(M)/text/views.py \

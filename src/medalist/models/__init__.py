@@ -34,6 +34,9 @@ class RunConfig:
     seed: Annotated[int, NonNegative] = 42
     max_train_rows: Annotated[int, AtLeastOne] | None = None  # cap for quick looks (train applies it); null = all
     inputs: tuple[str, ...] = ("text",)  # processed columns the model reads
+    # GPUs one fold job takes where there are GPUs (`core.slots`; >1: accelerate's multi-GPU in the
+    # job); null: none for TF-IDF, one for the others
+    gpus: Annotated[int, NonNegative] | None = None
 
     def validate(self, where: str) -> None:
         bad = [i for i in self.inputs if i not in INPUT_KINDS]

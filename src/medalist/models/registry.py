@@ -122,6 +122,15 @@ def _make_text(s: str) -> str:
     return " ".join(s.split()).replace("$", "$$").replace("#", "\\#")
 
 
+def _gpus_of(path: Path) -> int:
+    """The GPUs one fold job of this model takes (`core.slots`): its config's `gpus`, else none
+    for TF-IDF and one for the others (which use one when there is one)."""
+    gpus = C.load_yaml(path).get("gpus", 0 if C.load_yaml(path).get("family") == "tfidf" else 1)
+    if not isinstance(gpus, int) or isinstance(gpus, bool) or gpus < 0:
+        raise UserError(f"configs/models/{path.name}: gpus must be a whole number ≥ 0, not {gpus!r}")
+    return gpus
+
+
 def _pretrain_of(path: Path) -> str | None:
     """The pretraining a model config's `backbone: pretrain:<name>` names (checked: a plain name
     with a configs/pretrain/<name>.yaml), or None."""
@@ -139,7 +148,7 @@ def _pretrain_of(path: Path) -> str | None:
 
 def make_include(configs: list[Path]) -> str:
     """The makefile fragment for these model and competition configs: per competition its
-    default MODELS and its fold numbers; per model its launch mode, the source files its runs depend on and the
+    default MODELS and its fold numbers; per model its launch mode, the GPUs a fold job takes, the source files its runs depend on and the
     pretraining its backbone is (`pretrain:<name>`: its runs depend on that output) — or, for a
     config this table rejects, the one-line error that the Makefile raises only when that model
     is asked for (a broken spare config blocks nothing)."""
@@ -155,12 +164,13 @@ def make_include(configs: list[Path]) -> str:
     for path in sorted(p for p in configs if p.parent.name != "competitions"):
         name = path.stem
         try:
-            fam, pretrain = _family_of(path), _pretrain_of(path)
+            fam, pretrain, gpus = _family_of(path), _pretrain_of(path), _gpus_of(path)
         except UserError as e:
             lines.append(f"MODEL_ERROR.{name} := {_make_text(str(e))}")
             continue
         files = " ".join(f"$(M)/{s}" for s in sources(fam))
-        lines += [f"MODEL_LAUNCH.{name} := {fam.launch}", f"MODEL_SRC.{name} := {files}"]
+        lines += [f"MODEL_LAUNCH.{name} := {fam.launch}", f"MODEL_SRC.{name} := {files}",
+                  f"MODEL_GPUS.{name} := {gpus}"]
         if pretrain:
             lines.append(f"MODEL_PRETRAIN.{name} := {pretrain}")
     return "\n".join(lines) + "\n"
