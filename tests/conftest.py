@@ -1,6 +1,8 @@
 """Shared fixtures: a throwaway project root so tests never touch the real data/ or results/."""
 from __future__ import annotations
 
+import contextlib
+import itertools
 import os
 import shutil
 from pathlib import Path
@@ -25,6 +27,49 @@ def project(tmp_path, monkeypatch):
     return tmp_path
 
 
+@pytest.fixture(scope="session")
+def demo_data(tmp_path_factory) -> Path:
+    """The demo's raw files and folds as the shipped configs make them, built once per session;
+    tests get copies (`demo_folds`) and never write here."""
+    from medalist.core.competition import load_competition
+    from medalist.stages import download, folds
+
+    root = tmp_path_factory.mktemp("demo-data")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MEDALIST_ROOT", str(root))
+        mp.setenv("MEDALIST_CONFIGS", str(REPO / "configs"))
+        download.run(load_competition("demo"))
+        folds.run(load_competition("demo"))
+    return root / "data"
+
+
+def copy_demo(demo_data: Path, root: Path) -> None:
+    """The session's demo files and folds into the project at `root`."""
+    for part in ("raw", "processed"):
+        shutil.copytree(demo_data / part / "demo", root / "data" / part / "demo")
+
+
+@pytest.fixture
+def demo_folds(project, demo_data):
+    """`project` with the demo downloaded and split into folds, as `make folds` leaves it: its Paths."""
+    from medalist.core.config import Paths
+
+    copy_demo(demo_data, project)
+    return Paths("demo")
+
+
+@pytest.fixture
+def small_demo_folds(demo_folds, project):
+    """`demo_folds` cut to 60 train rows a fold, and `quick`, a TF-IDF config that trains such a fold
+    in a tenth of a second: for tests of what training does rather than how well."""
+    import pandas as pd
+
+    train = demo_folds.processed / "train.csv"
+    pd.read_csv(train, dtype=str, keep_default_na=False).groupby("fold").head(60).to_csv(train, index=False)
+    (project / "configs" / "models" / "quick.yaml").write_text("family: tfidf\nchar_ngrams: [3, 3]\nC: 1.0\n")
+    return demo_folds
+
+
 @pytest.fixture
 def make_project(tmp_path):
     """A copy of the repository (Makefile, configs, src) whose .venv is the real one, for DAG tests."""
@@ -43,3 +88,24 @@ def make_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MEDALIST_", "MAKE"))}
     env["HF_HUB_OFFLINE"] = "1"
     return env
+
+
+@contextlib.contextmanager
+def interrupted_after_step(n: int):
+    """Ctrl-C (KeyboardInterrupt) right after this process's n-th optimizer step, which the block
+    must end with. A family's resume is tested in-process this way; the engine's own test kills a
+    real process (test_engine.py)."""
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
+    steps = itertools.count(1)
+
+    def stop(optimizer, args, kwargs):
+        if next(steps) == n:
+            raise KeyboardInterrupt
+
+    handle = register_optimizer_step_post_hook(stop)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            yield
+    finally:
+        handle.remove()

@@ -2,8 +2,9 @@
 (columns x0…x3, a per-row cost column `n`), with a classification head and, for the unsupervised
 mode, a reconstruction head (an autoencoder).
 
-Run as a script (`python tests/engine_toy.py OUT [--epochs E]`, or under `accelerate launch`) it
-trains fold 0 of `toy_fold()` and writes OUT/result.npz (val, test, score) and OUT/info.json.
+Run as a script (`python tests/engine_toy.py OUT [--epochs E] [--stages JSON]`, or under
+`accelerate launch`) it trains fold 0 of `toy_fold()` and writes OUT/result.npz (val, test, score)
+and OUT/info.json.
 TOY_KILL_AT_STEP=N SIGKILLs the process inside optimizer step N: a real kill at a known point.
 """
 from __future__ import annotations
@@ -117,10 +118,11 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("out")
     ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--stages", type=json.loads, default=[], help="the config's stages, as JSON")
     a = ap.parse_args()
     out = Path(a.out)
     fold = toy_fold()
-    res = engine.fit_fold(ToyAdapter(), toy_config(epochs=a.epochs), fold, out / "fold0")
+    res = engine.fit_fold(ToyAdapter(), toy_config(epochs=a.epochs, stages=a.stages), fold, out / "fold0")
     if int(os.environ.get("RANK", "0")) == 0:
         np.savez(out / "result.npz", val=res.val_proba, test=res.test_proba,
                  score=score(fold.metric, fold.val_labels, res.val_proba))

@@ -46,6 +46,7 @@ def _tiny_bert(root: Path) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_bench_writes_results_and_report(project, tmp_path, monkeypatch):
     comp_dir = tmp_path / "math-subjects"
     comp_dir.mkdir()

@@ -47,22 +47,32 @@ def _tags(log_dir: Path) -> set[str]:
     return set(acc.Tags()["scalars"])
 
 
-def test_a_killed_run_resumes_to_the_uninterrupted_predictions(tmp_path):
-    whole = engine.fit_fold(ToyAdapter(), toy_config(), toy_fold(), tmp_path / "whole")
+# the head alone for an epoch, then everything for two: a kill in the second stage must come back
+# to that stage, its optimizer state and its place in it
+STAGED = [{"name": "head", "epochs": 1, "trainable": [r"^head\."]}, {"name": "all", "epochs": 2}]
 
-    # 15 steps an epoch: step 20 is inside epoch 2, after epoch 1's checkpoint
-    killed = _toy(tmp_path / "killed", TOY_KILL_AT_STEP="20")
+
+@pytest.mark.slow
+def test_a_killed_run_resumes_to_the_uninterrupted_predictions(tmp_path):
+    whole = engine.fit_fold(ToyAdapter(), toy_config(stages=STAGED), toy_fold(), tmp_path / "whole")
+
+    # 15 steps an epoch: step 35 is inside epoch 3, the second of stage "all", after epoch 2's checkpoint
+    staged = ("--stages", json.dumps(STAGED))
+    killed = _toy(tmp_path / "killed", args=staged, TOY_KILL_AT_STEP="35")
     assert killed.returncode == -9, killed.stderr[-2000:]
     ckpts = tmp_path / "killed" / "fold0" / "ckpt" / "checkpoints"
-    assert [p.name for p in ckpts.iterdir()] == ["checkpoint_1"]
-    assert json.loads((ckpts / "checkpoint_1" / "progress.json").read_text())["epoch"] == 1
+    assert sorted(p.name for p in ckpts.iterdir()) == ["checkpoint_1", "checkpoint_2"]
+    progress = json.loads((ckpts / "checkpoint_2" / "progress.json").read_text())
+    assert (progress["epoch"], progress["stage"], progress["stage_epoch"]) == (2, 1, 1)
 
-    again = _toy(tmp_path / "killed")
+    again = _toy(tmp_path / "killed", args=staged)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert "resumed after epoch 1" in again.stdout + again.stderr
+    assert "resumed after epoch 2" in again.stdout + again.stderr
     info = json.loads((tmp_path / "killed" / "info.json").read_text())
-    assert info["resumed_after_epoch"] == 1 and info["epochs_run"] == 2
-    assert info["optimizer_steps"] == whole.info["optimizer_steps"] == 30
+    assert info["resumed_after_epoch"] == 2 and info["epochs_run"] == 3
+    stages = [h["stage"] for h in info["history"]]
+    assert stages == [h["stage"] for h in whole.info["history"]] == ["head", "all", "all"]
+    assert info["optimizer_steps"] == whole.info["optimizer_steps"] == 45
     assert not ckpts.parent.exists()  # checkpoints go once the run is done
     got = np.load(tmp_path / "killed" / "result.npz")
     np.testing.assert_allclose(got["val"], whole.val_proba, atol=1e-5)

@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from conftest import interrupted_after_step
 from medalist.core import config as C
 from medalist.core.config import Paths
 from medalist.models import FoldData
@@ -160,29 +161,12 @@ def test_autoencoder_trains_once_and_every_fold_reuses_it(project):
     assert again.info["pretrain_key"] != first.info["pretrain_key"]
 
 
-class _Interrupted(autoencoder.AutoEncoderAdapter):
-    """The family's adapter, stopped by Ctrl-C inside optimizer step `at`."""
-
-    def __init__(self, *args, at: int):
-        super().__init__(*args)
-        self.steps, self.at = 0, at
-
-    def loss(self, model, batch):
-        self.steps += 1
-        if self.steps == self.at:
-            raise KeyboardInterrupt
-        return super().loss(model, batch)
-
-
 def test_an_interrupted_autoencoder_run_resumes_from_its_last_epoch(project):
-    from medalist.models import engine
-
     tiny_competition(project)
     cfg = C.from_dict(autoencoder.Config, {**AE, "epochs": 3}, "autoencoder.yaml")
     run, fold = Paths(COMP).run("autoencoder"), fold_of(0)
-    rows = pd.DataFrame({"image": autoencoder.unlabelled_images(fold, cfg.image_size)})  # 74 images: 5 steps an epoch
-    with pytest.raises(KeyboardInterrupt):
-        engine.fit_unsupervised(_Interrupted(cfg, fold.data_dir, at=8), cfg, rows, run / "pretrain")
+    with interrupted_after_step(8):  # the fold trains the autoencoder first: 74 images, 5 steps an epoch
+        autoencoder.fit_fold(cfg, fold, run / "fold0")
     assert not (run / "pretrain" / "done.json").exists()
     res = autoencoder.fit_fold(cfg, fold, run / "fold0")
     assert res.info["pretrain"]["resumed_after_epoch"] == 1 and len(res.info["pretrain"]["losses"]) == 3

@@ -11,7 +11,7 @@ import yaml
 
 from conftest import make_env
 from medalist.core.runtime import make_jobs, usable_cores
-from medalist.stages import download, folds, train
+from medalist.stages import train
 from medalist.core.competition import load_competition
 
 
@@ -64,15 +64,13 @@ def test_out_of_range_on_the_command_line_is_one_line_and_exit_2(project, capsys
     assert err == ["error: tfidf.yaml.C: -1.0 is out of range (must be > 0)"]
 
 
-def test_a_killed_trains_leftovers_go_when_the_run_next_starts(project):
-    download.run(load_competition("demo"))
-    folds.run(load_competition("demo"))
-    fold0 = project / "results/demo/tfidf/fold0"
+def test_a_killed_trains_leftovers_go_when_the_run_next_starts(small_demo_folds, project):
+    fold0 = project / "results/demo/quick/fold0"
     fold0.mkdir(parents=True)
     # what SIGKILL during joblib.dump inside atomic_path leaves behind
     leftover = fold0 / ".model.joblib.k3x9.tmp"
     leftover.write_bytes(b"\0" * 1024)
-    train.run("demo", "tfidf", folds=[0])
+    train.run("demo", "quick", folds=[0])
     assert not leftover.exists()
     assert (fold0 / "model.joblib").exists() and (fold0 / "done.json").exists()
 
@@ -84,6 +82,7 @@ def test_make_jobs_is_read_from_makeflags():
     assert make_jobs(" -j") == usable_cores()
 
 
+@pytest.mark.slow
 def test_make_j2_gives_each_training_process_its_share_of_the_cores(make_project):
     root = make_project
     shutil.copy(root / "configs/models/tfidf.yaml", root / "configs/models/tfidf-b.yaml")

@@ -2,32 +2,29 @@
 above the majority class and reloads to the same probabilities."""
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pandas as pd
 import pytest
 
+from conftest import REPO, copy_demo
 from medalist.core.competition import load_competition
 from medalist.core.io import align
 from medalist.models.registry import load_run_predictor
-from medalist.stages import download, folds, train
+from medalist.stages import train
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    import os
-    import shutil
-
-    from conftest import REPO
-
+def demo(tmp_path_factory, demo_data):
+    """A project with the demo's folds, shared by this module's tests."""
     root = tmp_path_factory.mktemp("linear")
     shutil.copytree(REPO / "configs", root / "configs")
-    old = {k: os.environ.get(k) for k in ("MEDALIST_ROOT", "MEDALIST_CONFIGS")}
-    os.environ.update(MEDALIST_ROOT=str(root), MEDALIST_CONFIGS=str(root / "configs"))
-    download.run(load_competition("demo"))
-    folds.run(load_competition("demo"))
-    yield root
-    for k, v in old.items():
-        os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+    copy_demo(demo_data, root)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MEDALIST_ROOT", str(root))
+        mp.setenv("MEDALIST_CONFIGS", str(root / "configs"))
+        yield root
 
 
 @pytest.mark.parametrize("model", ["tfidf-svm", "tfidf-nbsvm", "tfidf-sgd"])

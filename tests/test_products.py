@@ -88,7 +88,7 @@ def _cv(family, cfg, rows: pd.DataFrame, y: np.ndarray, tmp, data_dir, k: int = 
 
 
 def test_fusion_beats_each_modality_and_its_gain_comes_from_the_pictures(project, tmp_path):
-    comp, _ = _small_demo(600, 20)
+    comp, _ = _small_demo(300, 20)
     folds_stage.run(comp)  # the processed tables: features are computed once per image, for every fold
     rows, _ = read_processed(Paths(comp.name))
     data_dir = Paths(comp.name).processed

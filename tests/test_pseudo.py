@@ -14,11 +14,8 @@ import yaml
 
 from conftest import make_env
 from medalist.core import generated
-from medalist.core.competition import load_competition
 from medalist.core.config import Paths, UserError
 from medalist.core.io import align, read_processed
-from medalist.demos.text import write_demo
-from medalist.stages import folds as folds_stage
 from medalist.stages import pseudo as pseudo_stage
 from medalist.stages import train as train_stage
 
@@ -28,12 +25,9 @@ PLANTED = "planted"  # a test row copied (upper-cased) from a fold-0 validation 
 
 
 @pytest.fixture
-def demo(project):
+def demo(demo_folds, project):
     """The demo's folds, a test row planted near a fold-0 validation row, and a finished teacher."""
-    paths = Paths("demo")
-    write_demo(paths.raw)
-    (paths.raw / ".complete").touch()
-    folds_stage.run(load_competition("demo"))
+    paths = demo_folds
     train, test = read_processed(paths)
     source = train[train["fold"] == 0].iloc[0]
     test.loc[0, ["id", "text"]] = [PLANTED, source["text"].upper()]

@@ -12,10 +12,8 @@ import yaml
 from medalist.core.competition import load_competition
 from medalist.core.config import Paths
 from medalist.core.io import read_json, write_json
-from medalist.demos.text import write_demo
 from medalist.stages import checks as checks_stage
 from medalist.stages import ensemble
-from medalist.stages import folds as folds_stage
 from medalist.stages import report
 from medalist.stages import train as train_stage
 
@@ -30,9 +28,9 @@ def _copy_run(paths: Paths, src: str, dst: str) -> None:
 
 
 @pytest.fixture
-def demo_runs(project):
-    """The demo with a planted label; run tfidf trained; 'logged' with TensorBoard events, 'epochs'
-    with per-epoch histories in its done.json files (both copies of tfidf's predictions); TTA
+def demo_runs(project, small_demo_folds):
+    """The demo with a planted label; run quick trained; 'logged' with TensorBoard events, 'epochs'
+    with per-epoch histories in its done.json files (both copies of quick's predictions); TTA
     outputs where only 'logged' gained; the ensemble over the three on TTA."""
     cfg_path = project / "configs" / "competitions" / "demo.yaml"
     cfg = yaml.safe_load(cfg_path.read_text())
@@ -41,16 +39,13 @@ def demo_runs(project):
     cfg["check_models"] = []  # the tokenizer lengths are not what this tests
     cfg_path.write_text(yaml.safe_dump(cfg))
     comp = load_competition("demo")
-    paths = Paths("demo")
-    write_demo(paths.raw)
-    (paths.raw / ".complete").touch()
+    paths = small_demo_folds  # the folds do not depend on the labels' names
     checks_stage.run(comp)
-    folds_stage.run(comp)
-    train_stage.run("demo", "tfidf")
+    train_stage.run("demo", "quick")
 
     from torch.utils.tensorboard import SummaryWriter
 
-    _copy_run(paths, "tfidf", "logged")
+    _copy_run(paths, "quick", "logged")
     for k in (0, 1, 2, 3, 4, 9):  # fold 9 is not one of this run's folds: an older run's leftover
         with SummaryWriter(str(paths.logs / "logged" / f"fold{k}")) as w:
             for step in range(1, 21):
@@ -59,21 +54,21 @@ def demo_runs(project):
                 if step % 10 == 0:
                     w.add_scalar("val/micro_f1", 0.5 + step / 50, step)
 
-    _copy_run(paths, "tfidf", "epochs")
+    _copy_run(paths, "quick", "epochs")
     for done in paths.run("epochs").glob("fold*/done.json"):
         d = read_json(done)
         d["info"] = {**d.get("info", {}), "history": [
             {"epoch": e, "stage": "fit", "loss": 1.0 / e, "micro_f1": 0.6 + 0.1 * e} for e in (1, 2, 3)]}
         write_json(done, d)
 
-    for run, gain in (("tfidf", -0.002), ("logged", 0.0123), ("epochs", 0.0)):  # TTA helped 'logged' only
+    for run, gain in (("quick", -0.002), ("logged", 0.0123), ("epochs", 0.0)):  # TTA helped 'logged' only
         tta_dir = paths.run(run) / "tta"
         tta_dir.mkdir()
         for name in ("oof.csv", "test.csv"):
             shutil.copy(paths.run(run) / name, tta_dir / name)
         m = read_json(paths.run(run) / "metrics.json")
         write_json(tta_dir / "metrics.json", {**m, "plain_score": m["oof_score"], "gain": gain, "use_tta": gain > 0})
-    ensemble.run("demo", ["tfidf", "logged", "epochs"], use_tta=True)
+    ensemble.run("demo", ["quick", "logged", "epochs"], use_tta=True)
     return comp, paths
 
 
@@ -86,7 +81,7 @@ def _section(page: str, heading: str) -> str:
 def test_report_tables_curves_and_summary(demo_runs, monkeypatch, capsys):
     comp, paths = demo_runs
     monkeypatch.setenv("MEDALIST_MAKE_START", str(int(time.time()) - 125))
-    out = report.run("demo", ["tfidf", "logged", "epochs"])
+    out = report.run("demo", ["quick", "logged", "epochs"])
     page = out.read_text(encoding="utf-8")
 
     # the checks are real tables, every cell escaped
@@ -99,19 +94,19 @@ def test_report_tables_curves_and_summary(demo_runs, monkeypatch, capsys):
     assert re.search(r"<code>[^<]+</code>", checks)  # the adversarial tokens, as code
     assert "TF-IDF classifier telling train from test: AUC" in checks
 
-    # curves: the run with events and the run with histories get a picture, tfidf says it has none
+    # curves: the run with events and the run with histories get a picture, quick says it has none
     curves = _section(page, "Training curves")
     for run in ("logged", "epochs"):
         assert f'alt="training curves {run}" src="data:image/png;base64,' in curves
         assert (paths.images / f"curves_{run}.png").stat().st_size > 1000
-    assert "tfidf: no training curves" in curves and 'alt="training curves tfidf"' not in curves
+    assert "quick: no training curves" in curves and 'alt="training curves quick"' not in curves
     events, unit = report.run_curves(paths, "logged", comp.metric)
     assert unit == "optimizer step" and list(events) == [f"fold {k}" for k in range(5)]
     assert events["fold 1"]["loss"][0] == list(range(1, 21))
     assert events["fold 1"]["metric"] == ([10, 20], [pytest.approx(0.7), pytest.approx(0.9)])
     history, unit = report.run_curves(paths, "epochs", comp.metric)
     assert unit == "epoch" and len(history) == 5 and history["fold 0"]["loss"] == ([1, 2, 3], [1.0, 0.5, 1 / 3])
-    assert report.run_curves(paths, "tfidf", comp.metric) == ({}, "epoch")
+    assert report.run_curves(paths, "quick", comp.metric) == ({}, "epoch")
 
     # the summary block: submission and its validation, the ensemble's CV, each run's OOF, report, wall time
     lines = capsys.readouterr().out.splitlines()
@@ -122,8 +117,8 @@ def test_report_tables_curves_and_summary(demo_runs, monkeypatch, capsys):
                      r"\(500 rows\)$", text, re.M)
     ens = read_json(paths.results / "ensemble" / "metrics.json")
     assert re.search(rf"^ensemble\s+{ens['method']}, nested CV micro_f1 {ens['nested_score']:.4f}$", text, re.M)
-    oof = read_json(paths.run("tfidf") / "metrics.json")["oof_score"]
-    for run in ("tfidf", "epochs"):
+    oof = read_json(paths.run("quick") / "metrics.json")["oof_score"]
+    for run in ("quick", "epochs"):
         assert re.search(rf"^run {run}\s+OOF micro_f1 {oof:.4f}$", text, re.M)
     assert re.search(rf"^run logged\s+OOF micro_f1 {oof:.4f}  TTA \+0\.0123$", text, re.M)  # where TTA is used
     assert re.search(r"^report\s+results/demo/report\.html$", text, re.M)
@@ -135,8 +130,8 @@ def test_report_tables_curves_and_summary(demo_runs, monkeypatch, capsys):
     monkeypatch.delenv("MEDALIST_MAKE_START")
     sub = paths.submission / "submission.csv"
     sub.write_text(sub.read_text().replace("\n", "\nextra,0\n", 1))
-    metrics = {r: read_json(paths.run(r) / "metrics.json") for r in ("tfidf",)}
-    text = report.summary(comp, paths, ["tfidf"], metrics, ens, out)
+    metrics = {r: read_json(paths.run(r) / "metrics.json") for r in ("quick",)}
+    text = report.summary(comp, paths, ["quick"], metrics, ens, out)
     assert "wall time" not in text
     assert re.search(r"^submission\s+submission/demo/submission\.csv\s+INVALID: submission has 501 rows", text, re.M)
 

@@ -74,9 +74,8 @@ def test_cleaning_decodes_bytes_strips_html_and_masks_links():
     assert clean("If $a<b$ and $b>c$", comp.cleaning) == "If $a<b$ and $b>c$"
 
 
-def test_baseline_beats_majority_and_writes_run_files(demo_raw, capsys):
+def test_baseline_beats_majority_and_writes_run_files(demo_folds, capsys):
     comp = load_competition("demo")
-    folds_stage.run(comp)
     run_dir = train_stage.run("demo", "tfidf")
     oof = pd.read_csv(run_dir / "oof.csv", dtype={"id": str})
     test = pd.read_csv(run_dir / "test.csv", dtype={"id": str})
@@ -98,19 +97,17 @@ def test_baseline_beats_majority_and_writes_run_files(demo_raw, capsys):
     assert capsys.readouterr().out.count("done, skipped") == comp.folds.n
 
 
-def test_folds_subset_leaves_run_unfinished_and_is_reused(demo_raw, capsys):
-    folds_stage.run(load_competition("demo"))
-    run_dir = train_stage.run("demo", "tfidf", folds=[0, 1])
+def test_folds_subset_leaves_run_unfinished_and_is_reused(small_demo_folds, capsys):
+    run_dir = train_stage.run("demo", "quick", folds=[0, 1])
     assert (run_dir / "fold1" / "done.json").exists() and not (run_dir / "metrics.json").exists()
-    train_stage.run("demo", "tfidf")
+    train_stage.run("demo", "quick")
     out = capsys.readouterr().out
     assert out.count("done, skipped") == 2 and (run_dir / "metrics.json").exists()
     with pytest.raises(UserError, match="fold 9 does not exist"):
-        train_stage.run("demo", "tfidf", folds=[9])
+        train_stage.run("demo", "quick", folds=[9])
 
 
-def test_use_gen_without_generated_data_is_one_line(demo_raw):
-    folds_stage.run(load_competition("demo"))
+def test_use_gen_without_generated_data_is_one_line(demo_folds):
     with pytest.raises(UserError, match="make augment"):
         train_stage.run("demo", "tfidf", use_gen=True)
 
@@ -183,8 +180,7 @@ def test_image_only_competition_has_folds_and_text_models_refuse_it(project):
     assert not paths.run("tfidf").exists()
 
 
-def test_model_inputs_are_checked_against_the_competition(demo_raw, project):
-    folds_stage.run(load_competition("demo"))
+def test_model_inputs_are_checked_against_the_competition(demo_folds, project):
     models = project / "configs" / "models"
     (models / "tfidf-img.yaml").write_text((models / "tfidf.yaml").read_text() + "inputs: [text, image]\n")
     with pytest.raises(UserError, match=r"declares inputs \['text'\]"):
@@ -321,9 +317,8 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_use_gen_trains_on_generated_rows_of_each_fold_only(demo_raw):
-    folds_stage.run(load_competition("demo"))
-    paths = Paths("demo")
+def test_use_gen_trains_on_generated_rows_of_each_fold_only(small_demo_folds):
+    paths = small_demo_folds
     train, _ = read_processed(paths)
     parents = train.groupby("fold").head(2).reset_index(drop=True)
     gen = pd.DataFrame({
@@ -343,9 +338,9 @@ def test_use_gen_trains_on_generated_rows_of_each_fold_only(demo_raw):
     gen.loc[len(gen)] = ["llm-copy", copied[2]["text"] + ".", copied[2]["label"], "llm:tiny", "", "0;1;2;3;4"]
     paths.generated.mkdir(parents=True)
     gen.to_csv(paths.generated / "generated_train.csv", index=False)
-    plain = train_stage.run("demo", "tfidf")
-    with_gen = train_stage.run("demo", "tfidf", use_gen=True)
-    assert with_gen.name == "tfidf+gen" and plain.name == "tfidf" and (plain / "metrics.json").exists()
+    plain = train_stage.run("demo", "quick")
+    with_gen = train_stage.run("demo", "quick", use_gen=True)
+    assert with_gen.name == "quick+gen" and plain.name == "quick" and (plain / "metrics.json").exists()
     metrics = __import__("json").loads((with_gen / "metrics.json").read_text())
     # each fold gets the 8 rows whose parent sits in another fold, never its own 2, nor a copy of its rows
     assert metrics["n_generated"] == [{"aug:swap": 8, "llm:tiny": 1}, {"aug:swap": 8, "llm:tiny": 1},
@@ -357,23 +352,15 @@ def test_use_gen_trains_on_generated_rows_of_each_fold_only(demo_raw):
     assert not oof["id"].str.startswith("aug-").any() and len(oof) == len(train)
 
 
-def test_new_processed_data_retrains_finished_folds(project, capsys):
+def test_new_processed_data_retrains_finished_folds(small_demo_folds, capsys):
     """A fold finished on the old processed tables is not reused after `make folds` changes them."""
-    from medalist.core.competition import load_competition
-    from medalist.stages import download, folds, train
-
-    comp = load_competition("demo")
-    download.run(comp)
-    folds.run(comp)
-    processed = Paths("demo").processed / "train.csv"
-    pd.read_csv(processed).groupby("fold").head(60).to_csv(processed, index=False)  # small: quick folds
-    (project / "configs" / "models" / "quick.yaml").write_text("family: tfidf\nchar_ngrams: [3, 3]\nC: 1.0\n")
-    train.run("demo", "quick")
+    processed = small_demo_folds.processed / "train.csv"
+    train_stage.run("demo", "quick")
     capsys.readouterr()
-    train.run("demo", "quick")
-    assert capsys.readouterr().out.count("done, skipped") == comp.folds.n
+    train_stage.run("demo", "quick")
+    assert capsys.readouterr().out.count("done, skipped") == load_competition("demo").folds.n
     df = pd.read_csv(processed)
     df.loc[0, "text"] = df.loc[0, "text"] + " (edited)"
     df.to_csv(processed, index=False)
-    train.run("demo", "quick")
+    train_stage.run("demo", "quick")
     assert "done, skipped" not in capsys.readouterr().out

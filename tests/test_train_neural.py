@@ -1,7 +1,8 @@
-"""The neural text families (encoder, decoder_lora) end to end under `accelerate launch`, on tiny
-randomly initialised models saved to disk (a 2-layer BERT with a WordPiece vocabulary, a 2-layer
-Qwen2 with a byte-level BPE): no network, a couple of minutes on 2 CPU cores. The engine's own
-machinery (out-of-memory halving, stages, seeds, best epoch) is tested once in test_engine.py."""
+"""The neural text families (encoder, decoder_lora) through the train stage — the encoder under
+`accelerate launch`, the rest in this process — on tiny randomly initialised models saved to disk (a
+2-layer BERT with a WordPiece vocabulary, a 2-layer Qwen2 with a byte-level BPE), no network. The
+engine's own machinery (resume, out-of-memory halving, stages, seeds, best epoch) is tested once in
+test_engine.py."""
 from __future__ import annotations
 
 import json
@@ -15,7 +16,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from tiny_text import LABELS, build_tiny_models, kill_at_first_checkpoint, make_texts
+from conftest import interrupted_after_step
+from tiny_text import LABELS, build_tiny_models, make_texts
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -58,6 +60,12 @@ def make_root(root: Path, models: dict[str, Path], n_train: int = 60, n_test: in
     raw.mkdir(parents=True)
     pd.DataFrame({"id": ids, "label": 0}).to_csv(raw / "sample_submission.csv", index=False)
     return root
+
+
+def in_process(root: Path, monkeypatch) -> None:
+    """Stages run in this process read the fixture competition at `root`."""
+    monkeypatch.setenv("MEDALIST_ROOT", str(root))
+    monkeypatch.setenv("MEDALIST_CONFIGS", str(root / "configs"))
 
 
 def env_for(root: Path, **extra: str) -> dict[str, str]:
@@ -177,8 +185,7 @@ def test_predict_writes_averaged_test_probabilities_and_a_valid_submission(encod
     from medalist.stages import predict
 
     root, _ = encoder_run
-    monkeypatch.setenv("MEDALIST_ROOT", str(root))
-    monkeypatch.setenv("MEDALIST_CONFIGS", str(root / "configs"))
+    in_process(root, monkeypatch)
     run_dir = root / "results" / "tiny" / "tinybert"
     cols = [f"p_{i}" for i in range(len(LABELS))]
     sub_path = predict.run("tiny", "tinybert")
@@ -203,14 +210,18 @@ def test_predict_writes_averaged_test_probabilities_and_a_valid_submission(encod
 # ---------------------------------------------------------------- decoder + LoRA
 
 
-def test_decoder_lora_trains_only_the_adapter_and_the_head(tiny_models, tmp_path):
+def test_decoder_lora_trains_only_the_adapter_and_the_head(tiny_models, tmp_path, monkeypatch, capsys):
     from safetensors.torch import load_file
 
+    from medalist.models.families import hf_text
     from medalist.models.registry import load_run_predictor
+    from medalist.stages import train as train_stage
 
     root = make_root(tmp_path, tiny_models)
-    proc = launch(root, "tinyqwen")
-    assert "load_in_4bit ignored" in proc.stdout  # no CUDA here: one note, not a crash
+    in_process(root, monkeypatch)
+    monkeypatch.setattr(hf_text, "_NOTED", set())  # the note is made once per process
+    train_stage.run("tiny", "tinyqwen")
+    assert "load_in_4bit ignored" in capsys.readouterr().out  # no CUDA here: one note, not a crash
     run_dir = check_run_files(root, "tinyqwen")
     pretrained = pretrained_fingerprint(tiny_models["qwen"])
     for k in range(2):
@@ -229,35 +240,29 @@ def test_decoder_lora_trains_only_the_adapter_and_the_head(tiny_models, tmp_path
     np.testing.assert_allclose(got, val[[f"p_{i}" for i in range(len(LABELS))]].to_numpy(), atol=1e-5)
 
 
-# ---------------------------------------------------------------- resume
+# ---------------------------------------------------------------- resume (the engine's own: test_engine.py)
 
 
-def test_killed_fold_resumes_to_the_uninterrupted_predictions(tiny_models, tmp_path):
-    # enough rows that the second epoch outlasts the poll (about a second here)
-    whole = make_root(tmp_path / "whole", tiny_models, n_train=1000)
-    killed = make_root(tmp_path / "killed", tiny_models, n_train=1000)
-    launch(whole, "tinybert2", "--folds", "0")
-
-    fold_dir = killed / "results" / "tiny" / "tinybert2" / "fold0"
-    first_ckpt = fold_dir / "ckpt" / "checkpoints" / "checkpoint_1" / "progress.json"
-    kill_at_first_checkpoint(launch_cmd("tinybert2", "--folds", "0"), env_for(killed), killed, first_ckpt)
-    assert not (fold_dir / "done.json").exists(), "the run finished before it could be killed"
+def test_a_stopped_fold_predicts_from_its_checkpoint_and_train_resumes_it(tiny_models, tmp_path, monkeypatch):
     from medalist.core import config as C
     from medalist.models.families import hf_text
+    from medalist.stages import train as train_stage
+
+    root = make_root(tmp_path, tiny_models, n_train=1000)  # enough rows to learn from in two epochs
+    in_process(root, monkeypatch)
+    fold_dir = root / "results" / "tiny" / "tinybert2" / "fold0"
+    with interrupted_after_step(80):  # 500 rows to train on, batch 8: 63 steps an epoch
+        train_stage.run("tiny", "tinybert2", folds=[0])
+    assert not (fold_dir / "done.json").exists()
 
     # `make predict CKPT=…/ckpt/checkpoints/checkpoint_1` works on the half-trained fold too
     cfg = C.from_dict(hf_text.Config, model_configs(tiny_models)["tinybert2"])
-    mid = hf_text.load_predictor(cfg, first_ckpt.parent, len(LABELS))(pd.DataFrame({"text": make_texts(6, 5)[0]}))
+    first_ckpt = fold_dir / "ckpt" / "checkpoints" / "checkpoint_1"
+    mid = hf_text.load_predictor(cfg, first_ckpt, len(LABELS))(pd.DataFrame({"text": make_texts(6, 5)[0]}))
     assert mid.shape == (6, len(LABELS)) and np.allclose(mid.sum(1), 1, atol=1e-5)
 
-    out = launch(killed, "tinybert2", "--folds", "0")
-    assert "resumed after epoch 1" in out.stdout
-    info = fold_info(killed / "results" / "tiny" / "tinybert2", 0)
+    train_stage.run("tiny", "tinybert2", folds=[0])
+    info = fold_info(root / "results" / "tiny" / "tinybert2", 0)
     assert info["resumed_after_epoch"] == 1 and info["epochs_run"] == 2
     assert info["history"][-1]["micro_f1"] > 0.5  # it learns (chance is 1/3)
     assert not (fold_dir / "ckpt").exists()
-    for name in ("val.csv", "test.csv"):
-        a = pd.read_csv(whole / "results" / "tiny" / "tinybert2" / "fold0" / name, dtype={"id": str})
-        b = pd.read_csv(fold_dir / name, dtype={"id": str})
-        assert list(a["id"]) == list(b["id"])
-        np.testing.assert_allclose(b.filter(like="p_").to_numpy(), a.filter(like="p_").to_numpy(), atol=1e-5)

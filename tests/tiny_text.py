@@ -64,22 +64,3 @@ def build_tiny_models(root: Path) -> dict[str, Path]:
     qtok.save_pretrained(qwen)
     return {"bert": bert, "qwen": qwen}
 
-
-def kill_at_first_checkpoint(cmd: list[str], env: dict, cwd: Path, checkpoint: Path) -> None:
-    """Start `cmd`, SIGKILL its whole process group once `checkpoint` exists (polling for the
-    file, not waiting for time to pass)."""
-    import os
-    import signal
-    import subprocess
-    import time
-
-    proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
-    try:
-        deadline = time.time() + 240
-        while not checkpoint.exists() and proc.poll() is None and time.time() < deadline:
-            time.sleep(0.005)
-        assert checkpoint.exists(), "no epoch checkpoint appeared"
-        os.killpg(proc.pid, signal.SIGKILL)
-    finally:
-        proc.wait()
