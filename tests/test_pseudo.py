@@ -180,10 +180,14 @@ def test_make_ensembles_a_run_on_pseudo_labels_beside_plain_ones(make_project):
     root = make_project
     p = _make(root, "-n", "all", "MODELS=tfidf embed minilm+pseudo")
     assert p.returncode == 0, p.stderr
-    steps = [ln.strip() for ln in p.stdout.splitlines() if "medalist.stages.train" in ln or "stages.pseudo" in ln]
-    assert steps[0].endswith("--model tfidf") and steps[1].endswith("--model embed"), steps
+    # a run is its fold jobs, then its merge: the teachers' merges, the pseudo-labels, then the student
+    lines = [" ".join(ln.split()) for ln in p.stdout.splitlines()]
+    steps = [ln for ln in lines if "--merge" in ln or "stages.pseudo" in ln]
+    assert steps[0].endswith("--model tfidf --merge") and steps[1].endswith("--model embed --merge"), steps
     assert steps[2].endswith('medalist.stages.pseudo --comp demo --runs "tfidf embed"'), steps
-    assert steps[3].endswith("--model minilm --gen pseudo"), steps
+    assert steps[3].endswith("--model minilm --gen pseudo --merge"), steps
+    first_student = next(i for i, ln in enumerate(lines) if "--model minilm --gen pseudo --folds" in ln)
+    assert first_student > lines.index(steps[2])
     assert "medalist.stages.tta --comp demo --run minilm+pseudo" in p.stdout
     assert 'medalist.stages.ensemble --comp demo --runs "tfidf embed minilm+pseudo" --tta' in p.stdout
     p = _make(root, "-n", "train", "MODELS=minilm+pseudo")
