@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dedup
 import images
+import scale
 import validation
 from quality import REFERENCE_TFIDF
 
@@ -196,6 +197,7 @@ def render(res: dict) -> str:
     L += images.render(res.get("images") or {})
     L += dedup.render(res.get("dedup") or {})
     L += validation.render(res.get("validation") or {})
+    L += scale.render(res.get("scale") or {})
     gpu_check = res.get("gpu_check")
     if gpu_check:
         L += gpu_section(gpu_check)

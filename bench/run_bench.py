@@ -21,6 +21,8 @@ Parts (--parts, default all):
   validation (bench/validation.py) each default run of the competition and of --image-comp and
            their ensemble: OOF against test, the gap and its two standard errors, rankings compared
            (after the images part, whose `make all` builds --image-comp's runs).
+  scale    (bench/scale.py) make train -j1 against -j2 for 2 runs × 5 folds on the demo: wall-time
+           ratio and byte-identical results.
   images   (= images-speed + images-quality; bench/images.py) an image competition (--image-comp,
            fashion-products) end to end: `make all` stage by stage with wall time and peak RSS per
            stage, test accuracy / macro-F1 of each run and of the ensemble beside SOURCE.md's
@@ -61,6 +63,7 @@ from images import part_images
 from memory_growth import part_growth, plot_growth, stage_table
 from processes import BENCH, REPO
 from quality import part_quality
+from scale import part_scale
 from speed import part_speed
 from validation import part_validation
 
@@ -93,8 +96,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--runs", default="tfidf embed minilm", help="BENCH_MODELS: the runs `make all` built")
     ap.add_argument("--model", default="minilm", help="the neural model config of the A/B and the Trainer reference")
     ap.add_argument("--model-config", type=Path, help="default: configs/models/<model>.yaml")
-    ap.add_argument("--parts", default="quality,speed,growth,images,dedup,validation",
-                    help="of quality, speed, growth, images (= images-speed,images-quality), dedup, validation")
+    ap.add_argument("--parts", default="quality,speed,growth,images,dedup,validation,scale",
+                    help="of quality, speed, growth, images (= images-speed,images-quality), dedup, validation, scale")
     ap.add_argument("--steps", type=int, default=10, help="optimizer steps per speed run")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--infer-rows", type=int, default=512)
@@ -123,10 +126,10 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     a.parts = set(a.parts.split(","))
     if "images" in a.parts:
         a.parts = (a.parts - {"images"}) | {"images-speed", "images-quality"}
-    unknown = a.parts - {"quality", "speed", "growth", "images-speed", "images-quality", "dedup", "validation"}
+    unknown = a.parts - {"quality", "speed", "growth", "images-speed", "images-quality", "dedup", "validation", "scale"}
     if unknown:
         raise UserError(f"--parts: unknown part(s) {sorted(unknown)} (quality, speed, growth, images, "
-                        f"images-speed, images-quality, dedup, validation)")
+                        f"images-speed, images-quality, dedup, validation, scale)")
     if min(a.repeats, a.steps, a.image_repeats, a.image_steps, a.image_infer_rows) < 1:
         raise UserError("--repeats, --steps and the --image-… counts must be at least 1")
     if a.image_workers < 0:
@@ -191,6 +194,8 @@ def main(argv: list[str] | None = None) -> None:
         res["dedup"] = part_dedup(a)
     if "validation" in a.parts:
         res["validation"] = part_validation(a, work / "validation", res.get("images"), stamps.get("images-quality"))
+    if "scale" in a.parts:
+        res["scale"] = part_scale(C.root() / "results" / "bench-scale")
 
     q, s = res.get("quality") or {}, res.get("speed") or {}
     for key in ("ensemble_test_micro_f1", "ensemble_test_macro_f1", "best_single_test_micro_f1", "tfidf_test_micro_f1",
@@ -213,7 +218,7 @@ def main(argv: list[str] | None = None) -> None:
         # each images part's own command: a part not rerun keeps the one that measured it
         cmds = res["images"].setdefault("bench_commands", {})
         cmds.update({part: cmd for part in sorted(a.parts & {"images-speed", "images-quality"})})
-    res.setdefault("part_commands", {}).update({part: cmd for part in sorted(a.parts & {"dedup", "validation"})})
+    res.setdefault("part_commands", {}).update({part: cmd for part in sorted(a.parts & {"dedup", "validation", "scale"})})
     gpu_file = BENCH / "gpu_check.json"  # written on a GPU box by bench/gpu_check.py
     if gpu_file.exists():
         res["gpu_check"] = json.loads(gpu_file.read_text())

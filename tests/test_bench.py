@@ -562,3 +562,12 @@ def test_dedup_part_measures_full_recall_against_all_pairs(monkeypatch):
     assert r["pairs"] > 50 and r["recall"] == 1.0 and r["pairs_in_one_group"] == r["pairs"]
     md = "\n".join(dedup.render({"sets": [{"data": "synthetic", **r}]}))
     assert "## Near-duplicate grouping (folds)" in md and "| synthetic | 600 | 0.8 |" in md
+
+
+def test_scale_part_renders_the_ratio_and_whether_results_match(monkeypatch):
+    scale = _bench_module(monkeypatch, "scale")
+    s = {"comp": "demo", "runs": ["tfidf", "tfidf-sgd"], "identical": True, "ratio": 1.5,
+         "jobs": {"1": {"wall_seconds": 90.0, "cpu_seconds": 80.0}, "2": {"wall_seconds": 60.0, "cpu_seconds": 82.0}}}
+    md = "\n".join(scale.render(s))
+    assert "## Scale" in md and "| train wall s | 90.0 | 60.0 | 1.50× |" in md
+    assert "byte-identical between -j1 and -j2: yes" in md
