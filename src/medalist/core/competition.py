@@ -6,6 +6,7 @@ Config: configs/competitions/<comp>.yaml (see configs/competitions/demo.yaml for
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -27,12 +28,42 @@ class Files:
 
 
 @dataclasses.dataclass(frozen=True)
+class Notebook:
+    """submission.notebook: how Kaggle reruns a code competition's notebook (`make bundle`)."""
+    accelerator: str = "none"  # none, or a Kaggle accelerator id such as NvidiaTeslaT4
+    time_limit_hours: Annotated[float, Positive] = 9.0  # Kaggle stops the rerun after this long
+    hidden_test_rows: Annotated[int, NonNegative] = 0  # rows of the hidden test; 0: the public test's
+    python: str = ""  # the notebook image's CPython, e.g. "3.11"; "": this machine's
+    enable_internet: bool = False  # a code competition's rerun has none; true is refused
+    allow_test_fitted: bool = False  # bundle runs that saw the public test (pseudo-labels, pretraining on it)
+    max_bundle_mb: Annotated[float, Positive] = 20_000.0  # artifacts + code over this: one line, no bundle
+    dataset_prefix: str = ""  # the two datasets' slugs start with this; "": medalist-<comp>
+
+    def validate(self, where: str) -> None:
+        if self.enable_internet:
+            raise UserError(f"{where}: enable_internet: true — a code competition reruns the notebook with "
+                            "the internet off, so the bundle never asks for it; remove the key")
+        if self.python and not re.fullmatch(r"3\.\d+", self.python):
+            raise UserError(f"{where}: python must be a CPython version like 3.11, not '{self.python}'")
+        if not re.fullmatch(r"none|[A-Za-z0-9]+", self.accelerator):
+            raise UserError(f"{where}: accelerator must be none or a Kaggle accelerator id (e.g. NvidiaTeslaT4), "
+                            f"not '{self.accelerator}'")
+        if self.dataset_prefix and not re.fullmatch(r"[a-z0-9][a-z0-9-]{2,40}", self.dataset_prefix):
+            raise UserError(f"{where}: dataset_prefix must be lowercase letters, digits and dashes, "
+                            f"not '{self.dataset_prefix}'")
+
+
+@dataclasses.dataclass(frozen=True)
 class Submission:
     # label: one column holding the class (as its index or its name); probs: one column per class
     format: Literal["label", "probs"] = "label"
     id_column: str = "id"
     label_column: str = "label"
     label_as: Literal["index", "name"] = "index"
+    # csv: `make submit` uploads submission.csv; notebook: a code competition — `make bundle`
+    # packs an offline kernel, `make rerun` proves it, `make submit` pushes it and submits its output
+    via: Literal["csv", "notebook"] = "csv"
+    notebook: Notebook = Notebook()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -343,6 +374,22 @@ def read_raw(comp: Competition, raw_dir: Path) -> tuple[pd.DataFrame, pd.DataFra
               "and are left out: an image-only competition learns nothing from them")
         train = train[~lacking].reset_index(drop=True)
     return train, test, sample
+
+
+def read_test(comp: Competition, raw_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Test rows (id, [text], [image relative to raw_dir]) and the sample submission, checked
+    against each other, without train.csv: what a code competition's notebook reads from the
+    hidden test (`medalist.bundle.infer`)."""
+    sample = _read_table(raw_dir, comp.files.sample_submission)
+    test = _test_rows(comp, raw_dir)
+    _check_sample(comp, sample, test["id"])
+    image = comp.inputs.image
+    if image is not None and image.test_layout == "table":
+        if image.urls is not None:
+            raise UserError("inputs.image.urls: images behind URLs cannot be fetched by an offline notebook")
+        test["image"] = layouts.table_image_paths(test["image"], image, image.test_dir, raw_dir, comp.files.test,
+                                                  optional=comp.inputs.kinds != ("image",))
+    return test, sample
 
 
 def image_urls(comp: Competition, raw_dir: Path) -> pd.DataFrame:

@@ -17,6 +17,7 @@ always stays, whatever its image: every id needs a prediction.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +53,18 @@ def _drop_unreadable(train, readable: np.ndarray):
     return train.loc[readable].reset_index(drop=True)
 
 
+def prepare(df, comp: Competition, raw_dir: Path, images_from: Path | None) -> None:
+    """The cleaning every model's rows get, in place: text cleaned as the config says, an image
+    path made relative to `images_from` (the project root), or absolute when None. `make folds`
+    and a code competition's notebook (`medalist.bundle.infer`) both call this."""
+    if "text" in df.columns:
+        df["text"] = [clean(t, comp.cleaning) for t in df["text"]]
+    if "image" in df.columns:
+        full = [Path(raw_dir) / p if p else None for p in df["image"]]
+        df["image"] = ["" if f is None else (f.relative_to(images_from) if images_from else Path(os.path.abspath(f))).as_posix()
+                       for f in full]
+
+
 def run(comp: Competition) -> Path:
     paths = Paths(comp.name)
     if not (paths.raw / ".complete").exists():
@@ -60,12 +73,8 @@ def run(comp: Competition) -> Path:
     if len(train) < comp.folds.n:
         raise UserError(f"{comp.files.train}: {len(train)} rows, fewer than {comp.folds.n} folds")
     has_text = "text" in train.columns
-    if has_text:
-        train["text"] = [clean(t, comp.cleaning) for t in train["text"]]
-        test["text"] = [clean(t, comp.cleaning) for t in test["text"]]
-    if "image" in train.columns:
-        for df in (train, test):
-            df["image"] = [(paths.raw / p).relative_to(C.root()).as_posix() if p else "" for p in df["image"]]
+    for df in (train, test):
+        prepare(df, comp, paths.raw, C.root())
     # one grouping, shared with `check` (core.groups): near duplicates of either modality share a fold
     g = row_groups(train["text"].tolist() if has_text else None,
                    train["image"].tolist() if "image" in train.columns else None, comp.folds.near_dup_threshold)

@@ -286,6 +286,30 @@ def _image_views(run_dir: Path, run: str, cfg: ImageTTA, paths: Paths, train: pd
     return [v.name for v in wanted], oof_views, test_views, {"image_views": list(cfg.views)}
 
 
+def test_tta(run_dir: Path, model, cfg: TTAConfig, names: list[str], predictors: list, test: pd.DataFrame,
+             plain: np.ndarray) -> np.ndarray:
+    """The TTA mean of test rows from a finished run's chosen views (`names`, as its
+    tta/metrics.json lists them after "original"), given the fold predictors and the plain
+    fold-mean probabilities: what `run` computes for test.csv, for rows it has never seen (a code
+    competition's hidden test). Every view is made from its own row alone."""
+    if not names:
+        return plain
+    n = len(predictors)
+    out = {name: np.zeros_like(plain) for name in names}
+    if "image" in model.inputs:
+        wanted = [v for v in image_views.views(cfg.image.views, cfg.image.crop, cfg.image.scale) if v.name in names]
+        for predict in predictors:
+            for v in wanted:
+                out[v.name] += predict(test, view=v) / n
+    else:
+        spans_of, budget, _ = _token_spans(run_dir, model)
+        te_views = build_views(test["text"].tolist(), cfg, spans_of, budget)
+        for predict in predictors:
+            for name, p in predict_views(predict, te_views, plain, names).items():
+                out[name] += p / n
+    return np.mean([plain, *out.values()], axis=0)
+
+
 def run(comp_name: str, run: str) -> Path:
     from medalist.models.registry import family_module
 

@@ -48,12 +48,14 @@ def augment_text(text: str, augmenters: Sequence, seed: int, tries: int = 3) -> 
 def augment_views(texts: Sequence[str], augmenters: Sequence, k: int, seed: int,
                   tries: int = 3) -> list[list[str]]:
     """k augmented views per text (math protected). For TTA every text gets exactly k views:
-    a view no try could make intact is the text itself."""
+    a view no try could make intact is the text itself. Each view is seeded by the text itself,
+    never by its position, so a row's views (and its prediction) do not depend on which other
+    rows are predicted with it or in which order — a hidden test set gets the same views."""
     views = []
-    for i, text in enumerate(progress(texts, desc=f"nlpaug views (k={k})", unit="text", disable=len(texts) < 200)):
+    for text in progress(texts, desc=f"nlpaug views (k={k})", unit="text", disable=len(texts) < 200):
         row = []
         for j in range(k):
-            child = augment_text(text, augmenters, child_seed(seed, i, j), tries)
+            child = augment_text(text, augmenters, child_seed(seed, "text", text, j), tries)
             row.append(text if child is None else child)
         views.append(row)
     return views
