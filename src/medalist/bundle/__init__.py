@@ -1,0 +1,1 @@
+"""Code competitions: the wheels, artifacts and kernel of an offline bundle, and its offline rerun."""
