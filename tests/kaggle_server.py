@@ -1,8 +1,17 @@
 """A fake Kaggle API on 127.0.0.1:7777 — where kagglesdk sends requests when
-KAGGLE_API_ENVIRONMENT=TEST — speaking the JSON of CompetitionApiService.
+KAGGLE_API_ENVIRONMENT=TEST — speaking the JSON kagglesdk sends to `/api/v1/<service>/<Method>`
+of the competitions, blobs, datasets, kernels and OAuth (token lookup) services.
 
-`fail[Method] = [429, 429]` answers the next calls of Method with those statuses, then normally;
-`fail[Method] = 403` answers every call with 403. Every request lands in `requests`.
+`fail[Method] = [429, 429]` answers the next calls of Method with those statuses, then normally
+(a 0 in the list answers that call normally: `[0, 0, 403]` fails the third); `fail[Method] = 403`
+answers every call with 403. `fail["PUT"]` does the same for uploads to storage. Every request
+lands in `requests`.
+
+Scripted behaviour: `kernels_only` (GetCompetition's isKernelsSubmissionsOnly); `dataset_statuses`
+(what GetDatasetStatus answers after each create or version, in turn, then READY);
+`kernel_statuses` (what GetKernelSessionStatus answers for each pushed version, in turn, the last
+repeating — `kernel_runs` holds what is left of each version's; `failure_message` goes with ERROR); `kernel_log` and `kernel_output` (file name → bytes)
+for ListKernelSessionOutput and the storage URLs it lists.
 """
 from __future__ import annotations
 
@@ -13,7 +22,7 @@ from typing import Self
 
 HOST, PORT = "127.0.0.1", 7777
 BASE = f"http://{HOST}:{PORT}"
-API_PREFIX = "/api/v1/competitions.CompetitionApiService/"
+API_PREFIX = "/api/v1/"
 
 
 class FakeKaggle:
@@ -21,8 +30,21 @@ class FakeKaggle:
         self.data_zip = data_zip
         self.fail: dict[str, int | list[int]] = {}
         self.requests: list[dict] = []  # {"method", "path", "body", "headers"}
-        self.uploads: dict[str, bytes] = {}
+        self.uploads: dict[str, bytes] = {}  # token → bytes PUT to its storage URL
         self.submissions: list[dict] = []  # ApiSubmission JSON, newest first
+        self.kernels_only = False
+        self.username = "alice"  # whose the token is, for IntrospectToken
+        self.blobs: dict[str, dict] = {}  # token → StartBlobUpload's body
+        self.datasets: dict[str, list[dict[str, bytes]]] = {}  # "owner/slug" → versions: {path: bytes}
+        self.dataset_requests: dict[str, list[dict]] = {}  # "owner/slug" → CreateDataset(Version) bodies
+        self.dataset_statuses: list[str] = ["BLOBS_RECEIVED", "READY"]
+        self._dataset_queue: dict[str, list[str]] = {}
+        self.kernels: dict[str, list[dict]] = {}  # "owner/slug" → SaveKernel bodies, one per version
+        self.kernel_statuses: list[str] = ["QUEUED", "RUNNING", "COMPLETE"]
+        self.kernel_runs: dict[tuple[str, int], list[str]] = {}  # (ref, version) → statuses still to answer
+        self.failure_message = ""
+        self.kernel_log = ""
+        self.kernel_output: dict[str, bytes] = {}
         self.lock = threading.Lock()
         self._server: _Server | None = None
 
@@ -54,24 +76,115 @@ class FakeKaggle:
             return f
 
     def answer(self, method: str, body: dict) -> tuple[int, dict]:
+        for handler in (self._competitions, self._datasets, self._kernels):
+            answered = handler(method, body)
+            if answered is not None:
+                return answered
+        return 404, {"code": 404, "message": f"no fake for {method}"}
+
+    def _competitions(self, method: str, body: dict) -> tuple[int, dict] | None:
+        if method == "GetCompetition":
+            return 200, {"ref": body["competitionName"], "title": body["competitionName"],
+                         "isKernelsSubmissionsOnly": self.kernels_only}
+        if method == "IntrospectToken":
+            return 200, {"active": True, "username": self.username}
         if method == "StartSubmissionUpload":
             token = f"blob-{len(self.uploads) + 1}"
             return 200, {"token": token, "createUrl": f"{BASE}/upload/{token}"}
         if method == "CreateSubmission":
-            ref = 1000 + len(self.submissions)
             assert body["blobFileTokens"] in self.uploads, "CreateSubmission before the upload"
-            self.submissions.insert(0, {
-                "ref": ref,
-                "description": body.get("submissionDescription", ""),
-                "fileName": "submission.csv",
-                "status": "PENDING",
-            })
-            return 200, {"message": "Successfully submitted", "ref": ref}
+            return 200, self._submitted(body, "submission.csv")
+        if method == "CreateCodeSubmission":
+            ref = f"{body['kernelOwner']}/{body['kernelSlug']}"
+            version = int(body.get("kernelVersion") or 0)
+            if ref not in self.kernels or not 1 <= version <= len(self.kernels[ref]):
+                return 404, {"code": 404, "message": f"no kernel {ref} version {version}"}
+            return 200, self._submitted(body, body.get("fileName", ""))
         if method == "GetSubmissionLimits":
             return 200, {"numToday": len(self.submissions), "numAllowedNow": 5 - len(self.submissions)}
         if method == "ListSubmissions":
             return 200, {"submissions": self.submissions}
-        return 404, {"code": 404, "message": f"no fake for {method}"}
+        return None
+
+    def _submitted(self, body: dict, file_name: str) -> dict:
+        ref = 1000 + len(self.submissions)
+        self.submissions.insert(0, {
+            "ref": ref,
+            "description": body.get("submissionDescription", ""),
+            "fileName": file_name,
+            "status": "PENDING",
+        })
+        return {"message": "Successfully submitted", "ref": ref}
+
+    def _datasets(self, method: str, body: dict) -> tuple[int, dict] | None:
+        if method == "StartBlobUpload":
+            token = f"dataset-blob-{len(self.blobs) + 1}"
+            self.blobs[token] = body
+            return 200, {"token": token, "createUrl": f"{BASE}/upload/{token}"}
+        if method == "GetDatasetStatus":
+            ref = f"{body['ownerSlug']}/{body['datasetSlug']}"
+            if ref not in self.datasets:
+                return 404, {"code": 404, "message": f"no dataset {ref}"}
+            queue = self._dataset_queue[ref]
+            return 200, {"status": queue.pop(0) if queue else "READY"}
+        if method in ("CreateDataset", "CreateDatasetVersion"):
+            new = method == "CreateDataset"
+            ref = f"{body['ownerSlug']}/{body['slug' if new else 'datasetSlug']}"
+            if new and ref in self.datasets:
+                return 200, {"status": "error", "error": f"The requested slug \"{ref}\" is already in use"}
+            if not new and ref not in self.datasets:
+                return 404, {"code": 404, "message": f"no dataset {ref}"}
+            content = body if new else body["body"]
+            files: dict[str, bytes] = {}
+            missing = self._collect(content, "", files)
+            if missing:
+                return 400, {"code": 400, "message": f"unknown blob token {missing[0]}"}
+            self.datasets.setdefault(ref, []).append(files)
+            self.dataset_requests.setdefault(ref, []).append(body)
+            self._dataset_queue[ref] = list(self.dataset_statuses)
+            return 200, {"ref": ref, "url": f"{BASE}/datasets/{ref}", "status": "ok"}
+        return None
+
+    def _collect(self, node: dict, prefix: str, files: dict[str, bytes]) -> list[str]:
+        """The files of an ApiUploadDirectoryInfo-shaped node (files + directories), by path."""
+        missing = []
+        for f in node.get("files", []):
+            token = f["token"]
+            if token not in self.uploads or token not in self.blobs:
+                missing.append(token)
+                continue
+            files[prefix + self.blobs[token]["name"]] = self.uploads[token]
+        for d in node.get("directories", []):
+            missing += self._collect(d, f"{prefix}{d['name']}/", files)
+        return missing
+
+    def _kernels(self, method: str, body: dict) -> tuple[int, dict] | None:
+        if method == "SaveKernel":
+            ref = body["slug"]
+            bad = [s for s in body.get("datasetDataSources", []) if s not in self.datasets]
+            if bad:
+                return 200, {"error": "invalid dataset sources", "invalidDatasetSources": bad}
+            versions = self.kernels.setdefault(ref, [])
+            versions.append(body)
+            self.kernel_runs[(ref, len(versions))] = list(self.kernel_statuses)
+            return 200, {"ref": f"/code/{ref}", "url": f"{BASE}/code/{ref}", "versionNumber": len(versions)}
+        if method in ("GetKernelSessionStatus", "ListKernelSessionOutput"):
+            ref = f"{body['userName']}/{body['kernelSlug']}"
+            label = body.get("versionLabel", "")
+            version = int(label[1:]) if label.startswith("v") else len(self.kernels.get(ref, []))
+            if (ref, version) not in self.kernel_runs:
+                return 404, {"code": 404, "message": f"no kernel {ref} {label}"}
+            if method == "ListKernelSessionOutput":
+                return 200, {"log": self.kernel_log, "files": [
+                    {"fileName": name, "url": f"{BASE}/storage/kernel-output/{ref}/{version}/{name}"}
+                    for name in self.kernel_output]}
+            queue = self.kernel_runs[(ref, version)]
+            status = queue.pop(0) if len(queue) > 1 else queue[0]
+            answer = {"status": status}
+            if status == "ERROR" and self.failure_message:
+                answer["failureMessage"] = self.failure_message
+            return 200, answer
+        return None
 
 
 class _Server(ThreadingHTTPServer):
@@ -104,10 +217,10 @@ class _Handler(BaseHTTPRequestHandler):
         return self.rfile.read(int(self.headers.get("Content-Length") or 0))
 
     def do_POST(self) -> None:
-        if not self.path.startswith(API_PREFIX):
+        if not self.path.startswith(API_PREFIX) or self.path.count("/") != 4:
             self._json(404, {"code": 404, "message": "not found"})
             return
-        method = self.path[len(API_PREFIX):]
+        method = self.path.rsplit("/", 1)[-1]
         raw = self._body()
         body = json.loads(raw) if raw else {}
         self._record(method, body)
@@ -122,7 +235,14 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         self._record("GET", None)
-        if self.path.startswith("/storage/"):
+        output = "/storage/kernel-output/"
+        if self.path.startswith(output):
+            name = self.path.rsplit("/", 1)[-1]
+            if name in self.kaggle.kernel_output:
+                self._send(200, self.kaggle.kernel_output[name], "text/csv")
+            else:
+                self._json(404, {"code": 404, "message": "not found"})
+        elif self.path.startswith("/storage/"):
             self._send(200, self.kaggle.data_zip, "application/zip")
         else:
             self._json(404, {"code": 404, "message": "not found"})
@@ -130,6 +250,10 @@ class _Handler(BaseHTTPRequestHandler):
     def do_PUT(self) -> None:
         data = self._body()
         self._record("PUT", data)
+        status = self.kaggle.status_for("PUT")
+        if status:
+            self._send(status, b"", "text/plain")
+            return
         token = self.path.rsplit("/", 1)[-1]
         self.kaggle.uploads[token] = data
         self._send(200, b"", "text/plain")
