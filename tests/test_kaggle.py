@@ -100,7 +100,7 @@ def test_download_lands_files_with_stamp_and_rerun_makes_no_request(comp, kaggle
     for name, text in FILES.items():
         assert (raw / name).read_text() == text
     assert json.loads((raw / ".complete").read_text())["source"] == f"kaggle:{COMP}"
-    assert kaggle.methods() == ["DownloadDataFiles", "GET"]
+    assert kaggle.methods() == ["GetCompetition", "DownloadDataFiles", "GET"]
     assert kaggle.requests[0]["body"] == {"competitionName": COMP}
     assert kaggle.requests[0]["headers"]["Authorization"] == f"Bearer {TOKEN}"
     assert not list(raw.parent.glob("*.tmp")), "temp folder left behind"

@@ -13,6 +13,11 @@ Writes: data/raw/<comp>/ holding `.complete`, a JSON stamp of where the files ca
         one left (data/raw/.<comp>.*.tmp).
         Once stamped, a rerun with the same source does nothing; a rerun naming another (or a
         changed) COMP_DIR / COMP_ZIP stops with one line saying to remove data/raw/<comp> first.
+        From Kaggle, the competition's metadata is asked first and the stamp records
+        `code_competition` (Kaggle's isKernelsSubmissionsOnly: only a notebook may submit). A
+        config whose `submission.via` is csv for such a competition stops with one line before
+        anything is downloaded (`make submit` of a CSV would be refused); `via: notebook` for a
+        competition that takes CSVs is a warning line (a notebook submission works there too).
         Zips must unpack to at most MEDALIST_UNZIP_MAX_GB (default 200) GiB in all and at most
         MEDALIST_UNZIP_MAX_RATIO (default 200) times their own size, so a zip bomb is refused.
         Zips inside the download (Kaggle's train.zip, train.csv.zip) are unpacked where they lie
@@ -32,12 +37,16 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 import time
 import zipfile
 from pathlib import Path
 
-from kagglesdk.competitions.types.competition_api_service import ApiDownloadDataFilesRequest
+from kagglesdk.competitions.types.competition_api_service import (
+    ApiDownloadDataFilesRequest,
+    ApiGetCompetitionRequest,
+)
 
 from medalist.clients.images_http import Fetched, fetch_images
 from medalist.clients.kaggle import Api
@@ -71,6 +80,7 @@ def run(comp: Competition, comp_dir: Path | None = None, comp_zip: Path | None =
         if (raw / STAMP).exists():
             shutil.rmtree(cache, ignore_errors=True)  # a download killed right after its rename left it
             _check_same_source(raw, comp_dir, comp_zip)
+            _check_via(comp, _stamped(raw).get("code_competition"))
             print(f"{shown} is already complete (`rm -rf {shown}` to download again)")
             return raw
         if raw.exists():
@@ -129,9 +139,9 @@ def _fetch(comp: Competition, comp_dir: Path | None, comp_zip: Path | None, stag
         files.mkdir()
         importlib.import_module(f"medalist.demos.{DEMOS[comp.name]}").write_demo(files)
     else:
-        origin = {"source": f"kaggle:{comp.slug}", "fingerprint": None}
         archive = stage / f"{comp.slug}.zip"
-        _download_kaggle(comp, archive, backoff_base)
+        code_competition = _download_kaggle(comp, archive, backoff_base)
+        origin = {"source": f"kaggle:{comp.slug}", "fingerprint": None, "code_competition": code_competition}
         _unpack(archive, files, f"Kaggle's download for '{comp.slug}'")
     return origin
 
@@ -181,10 +191,7 @@ def _check_same_source(raw: Path, comp_dir: Path | None, comp_zip: Path | None) 
     if comp_dir is None and comp_zip is None:
         return
     want = _origin_of(comp_dir, comp_zip, content=False)  # contents are read only when the times differ
-    try:
-        have = json.loads((raw / STAMP).read_text(encoding="utf-8"))
-    except ValueError:
-        have = {}
+    have = _stamped(raw)
     if have.get("source") == want["source"] and (
             have.get("fingerprint") == want["fingerprint"]
             or ("content" in have and have["content"] == _origin_of(comp_dir, comp_zip)["content"])
@@ -197,6 +204,26 @@ def _check_same_source(raw: Path, comp_dir: Path | None, comp_zip: Path | None) 
     else:
         why = f"{shown} holds the files from {have.get('source', 'an unknown source')}, not from {asked}"
     raise UserError(f"{why}: `rm -rf {shown}` and rerun to use {asked}, or leave {asked.split('=')[0]} out to keep them")
+
+
+def _stamped(raw: Path) -> dict:
+    try:
+        return json.loads((raw / STAMP).read_text(encoding="utf-8"))
+    except ValueError:
+        return {}
+
+
+def _check_via(comp: Competition, code_competition: bool | None) -> None:
+    """The config's `submission.via` against what Kaggle said of the competition (None: not known)."""
+    where = f"configs/competitions/{comp.name}.yaml"
+    if code_competition and comp.submission.via == "csv":
+        raise UserError(f"Kaggle takes only notebook submissions for '{comp.slug}' (a code competition), but {where} "
+                        "has submission.via: csv: set `via: notebook` under `submission:` there (`make bundle` "
+                        "then packs the notebook `make submit` pushes)")
+    if code_competition is False and comp.submission.via == "notebook":
+        print(f"warning: Kaggle takes CSV submissions for '{comp.slug}', and {where} has submission.via: notebook: "
+              "`make submit` will push a notebook and submit its output; set via: csv to upload the CSV itself",
+              file=sys.stderr)
 
 
 def _check_files(comp: Competition, files: Path, origin: dict) -> None:
@@ -382,7 +409,9 @@ def _limit(name: str) -> float:
     return value
 
 
-def _download_kaggle(comp: Competition, archive: Path, backoff_base: float) -> None:
+def _download_kaggle(comp: Competition, archive: Path, backoff_base: float) -> bool:
+    """Kaggle's zip of the competition into `archive`; whether it is a code competition."""
+
     def fetch() -> None:
         request = ApiDownloadDataFilesRequest()
         request.competition_name = comp.slug
@@ -397,7 +426,13 @@ def _download_kaggle(comp: Competition, archive: Path, backoff_base: float) -> N
                 bar.update(len(chunk))
 
     with Api(comp, backoff_base) as api:
+        request = ApiGetCompetitionRequest()
+        request.competition_name = comp.slug
+        competition = api.call("competition lookup", lambda: api.competitions.get_competition(request))
+        code_competition = bool(competition.is_kernels_submissions_only)
+        _check_via(comp, code_competition)  # before a download that the config would make useless
         api.call("download", fetch)
+    return code_competition
 
 
 @cli
