@@ -1,11 +1,14 @@
 """Stage `submit`: upload one submission CSV to Kaggle and record it in the ledger; `--status`
-fetches the public scores of what was submitted. Never run automatically.
+fetches the public scores of what was submitted. Never run automatically. A code competition
+(`submission.via: notebook`) submits its bundle's notebook instead: submit_notebook.py.
 
 Reads:  submission/<comp>/submission.csv (or --file), checked against
         data/raw/<comp>/sample_submission.csv before anything is sent; its sidecar
         <stem>.json beside it (`run`, `cv`) for the default message; submission/<comp>/ledger.csv.
 Writes: submission/<comp>/ledger.csv (time, file, sha256, git_sha, cv, message, kaggle_ref,
-        public_score), rewritten atomically; a file already in it is refused.
+        public_score, kernel, kernel_version, content_hash — the last three for a notebook's
+        submission; a ledger from before they existed still reads), rewritten atomically; a file
+        already in it is refused.
 Run:    python -m medalist.stages.submit --comp NAME [--file PATH] [--message TEXT]   (make submit [FILE=…])
         python -m medalist.stages.submit --comp NAME --status                          (make status)
 """
@@ -31,11 +34,20 @@ from medalist.core.config import Paths, UserError, cli, stage_parser
 from medalist.core.io import read_csv, write_csv
 from medalist.clients.kaggle import RETRY_STATUS, TIMEOUT_S, Api
 
-LEDGER_COLUMNS = ["time", "file", "sha256", "git_sha", "cv", "message", "kaggle_ref", "public_score"]
+LEDGER_COLUMNS = ["time", "file", "sha256", "git_sha", "cv", "message", "kaggle_ref", "public_score",
+                  "kernel", "kernel_version", "content_hash"]
+NOTEBOOK_COLUMNS = LEDGER_COLUMNS[-3:]  # a notebook submission's kernel (owner/slug), its version, the bundle's hash
 
 
 def run(comp: Competition, file: Path | None = None, message: str | None = None, backoff_base: float = 2.0) -> Path:
     _require_kaggle(comp)
+    if comp.submission.via == "notebook":
+        if file:
+            raise UserError(f"'{comp.name}' is a code competition (submission.via: notebook): `make submit` pushes "
+                            f"the bundle's notebook and submits its output, so FILE= does not apply; leave it out")
+        from medalist.stages import submit_notebook  # here: it imports this module's ledger helpers
+
+        return submit_notebook.run(comp, message=message, backoff_base=backoff_base)
     paths = Paths(comp.name)
     file = Path(file) if file else paths.submission / "submission.csv"
     if not file.is_file():
@@ -140,14 +152,18 @@ def status(comp: Competition, backoff_base: float = 2.0) -> Path:
         if s is None:
             states.append("not on Kaggle")
             continue
-        states.append(s.status.name.lower() if s.status is not None else "")
+        state = s.status.name.lower() if s.status is not None else ""
+        # a code submission's rerun on the hidden test can fail: Kaggle says why
+        states.append(f"{state}: {s.error_description}" if s.error_description else state)
         if not row["kaggle_ref"] and s.ref:
             ledger.at[i, "kaggle_ref"] = str(s.ref)
         if s.public_score:
             ledger.at[i, "public_score"] = s.public_score
     write_csv(ledger_path, ledger)
 
-    table = ledger[["time", "file", "cv", "public_score", "kaggle_ref"]].rename(columns={"public_score": "public"})
+    notebook = ["kernel", "kernel_version"] if (ledger["kernel"] != "").any() else []
+    shown = ["time", "file", "cv", "public_score", "kaggle_ref", *notebook]
+    table = ledger[shown].rename(columns={"public_score": "public", "kernel_version": "version"})
     table["status"] = states
     print(table.to_string(index=False))
     return ledger_path
@@ -169,9 +185,12 @@ def _read_ledger(path: Path) -> pd.DataFrame:
     if not path.exists():
         return pd.DataFrame({c: pd.Series(dtype=str) for c in LEDGER_COLUMNS})
     ledger = pd.read_csv(path, dtype=str, keep_default_na=False)
-    missing = [c for c in LEDGER_COLUMNS if c not in ledger.columns]
+    missing = [c for c in LEDGER_COLUMNS if c not in ledger.columns and c not in NOTEBOOK_COLUMNS]
     if missing:
         raise UserError(f"{_shown(path)}: missing column(s) {missing}; expected {LEDGER_COLUMNS}")
+    for c in NOTEBOOK_COLUMNS:  # a ledger from before code competitions
+        if c not in ledger.columns:
+            ledger[c] = ""
     return ledger
 
 
@@ -184,9 +203,12 @@ def _sidecar(file: Path) -> tuple[str, str]:
         meta = json.loads(side.read_text(encoding="utf-8"))
     except ValueError:
         raise UserError(f"{_shown(side)}: not valid JSON") from None
-    cv = meta.get("cv")
-    cv_text = f"{cv:.4f}" if isinstance(cv, float) else ("?" if cv is None else str(cv))
-    return str(meta.get("run") or file.stem), cv_text
+    return str(meta.get("run") or file.stem), _cv_text(meta.get("cv"))
+
+
+def _cv_text(cv: object) -> str:
+    """A CV score as the ledger and the default message show it."""
+    return f"{cv:.4f}" if isinstance(cv, float) else ("?" if cv is None else str(cv))
 
 
 @cli
