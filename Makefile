@@ -22,6 +22,8 @@ GPUS     ?=#                 e.g. 0,1: the GPUs fold jobs share out, one job eac
 FILE     ?=#                 a submission file, for `make submit` / `make score`
 ANSWERS  ?=#                 an answers CSV (id,label), for `make score`
 MESSAGE  ?=#                 a submission message, for `make submit`
+TEST_DIR ?=#                 another test set in the competition's layout, for `make rerun`
+BUNDLE_TORCH ?= 0#           1: `make bundle` packs torch and torchvision too (default: Kaggle's image has them)
 BENCH_COMP   ?= math-subjects#               `make bench`: its competition,
 BENCH_DIR    ?= ../shared/competitions/math-subjects#  where its files are,
 BENCH_MODELS ?= tfidf embed minilm-dapt minilm-dapt+pseudo#  the runs the quality part scores (the best CPU recipe),
@@ -33,9 +35,9 @@ BENCH_ARGS   ?=#                             e.g. --parts speed,growth  --quick 
 # expands no `$(…)` in it) and reaches programs as an environment variable ("$$FILE") or as a
 # name checked against configs/, never pasted into a command line. So quotes, `$(…)`,
 # backticks, spaces and newlines in a path or a message run nothing and arrive unchanged.
-$(foreach v,COMP MODELS USE_GEN GEN TTA FOLDS COMP_DIR COMP_ZIP RUN MODEL CKPT GPUS FILE ANSWERS MESSAGE \
+$(foreach v,COMP MODELS USE_GEN GEN TTA FOLDS COMP_DIR COMP_ZIP RUN MODEL CKPT GPUS FILE ANSWERS MESSAGE TEST_DIR BUNDLE_TORCH \
   BENCH_COMP BENCH_DIR BENCH_MODELS BENCH_GEN BENCH_NEURAL BENCH_ARGS,$(eval override $(v) := $$(value $(v))))
-export COMP_DIR COMP_ZIP CKPT GPUS FILE ANSWERS MESSAGE BENCH_COMP BENCH_DIR BENCH_MODELS BENCH_NEURAL BENCH_ARGS
+export COMP_DIR COMP_ZIP CKPT GPUS FILE ANSWERS MESSAGE TEST_DIR BENCH_COMP BENCH_DIR BENCH_MODELS BENCH_NEURAL BENCH_ARGS
 
 VENV       := .venv
 PY         := $(VENV)/bin/python
@@ -52,6 +54,7 @@ is_config = $(and $(filter 1,$(words $(2))),$(call eq,$(wildcard $(1)/$(2).yaml)
 $(if $(call is_config,configs/competitions,$(COMP)),,$(error unknown competition '$(COMP)': no configs/competitions/$(COMP).yaml))
 $(if $(filter-out 0 1,$(USE_GEN)),$(error USE_GEN must be 0 or 1, not '$(USE_GEN)'))
 $(if $(filter-out 0 1,$(BENCH_GEN)),$(error BENCH_GEN must be 0 or 1, not '$(BENCH_GEN)'))
+$(if $(filter-out 0 1,$(BUNDLE_TORCH)),$(error BUNDLE_TORCH must be 0 or 1, not '$(BUNDLE_TORCH)'))
 comma := ,
 empty :=
 space := $(empty) $(empty)
@@ -130,7 +133,7 @@ endif
 
 .DEFAULT_GOAL := help
 .PHONY: FORCE help all venv download check folds baseline train augment generate pseudo pretrain tta evaluate \
-        ensemble report submission predict score submit status tensorboard test test-all bench clean
+        ensemble report submission predict bundle rerun score submit status tensorboard test test-all bench clean
 
 help: ## list every target
 	@echo "usage: make <target> [COMP=demo] [MODELS=\"tfidf embed minilm\" (default: the competition's default_models)] [USE_GEN=0|1 | GEN=aug,llm,pseudo] …"
@@ -294,6 +297,17 @@ submission: ## RUN=<run>: a validated submission/<comp>/<run>.csv from one run's
 submission/$(COMP)/%.csv: $(R)/%/metrics.json $(M)/stages/submission.py | $(VENV)/.installed
 	$(PY) -m medalist.stages.submission --comp $(COMP) --run $*
 
+# Code competitions: the fitted ensemble with its wheels and an offline kernel (stages/bundle.py),
+# remade when the ensemble, the competition config, the pins or any medalist source (its wheel) change
+BUNDLE := submission/$(COMP)/bundle/artifacts/bundle.json
+bundle: $(BUNDLE) ## code competitions: the ensemble, its wheels and an offline kernel → submission/<comp>/bundle/
+$(BUNDLE): $(ENSEMBLE) configs/competitions/$(COMP).yaml requirements.txt pyproject.toml \
+  $(wildcard $(M)/*.py $(M)/*/*.py $(M)/*/*/*.py) $(if $(filter 1,$(BUNDLE_TORCH)),FORCE) | $(VENV)/.installed
+	$(PY) -m medalist.stages.bundle --comp $(COMP) $(if $(filter 1,$(BUNDLE_TORCH)),--torch)
+
+rerun: $(BUNDLE) | $(VENV)/.installed ## [TEST_DIR=dir]: the bundle's kernel in a fresh venv, network off → submission/<comp>/rerun.csv
+	$(PY) -m medalist.stages.rerun --comp $(COMP) --test-dir "$$TEST_DIR"
+
 score: | $(VENV)/.installed ## FILE=sub.csv ANSWERS=answers.csv: score a submission with the competition's metric
 	$(if $(and $(FILE),$(ANSWERS)),,$(error score needs FILE=<submission.csv> ANSWERS=<answers.csv>))
 	$(PY) -m medalist.stages.score --comp $(COMP) --file "$$FILE" --answers "$$ANSWERS"
@@ -329,6 +343,8 @@ test-all: | $(VENV)/.installed ## every offline test, slow ones included (what C
 clean: ## remove everything generated for COMP (keeps data/raw, the LLM cache, the submission ledger, .venv)
 	rm -rf data/processed/$(COMP) results/$(COMP) logs/$(COMP) images/$(COMP)
 	rm -f data/generated/$(COMP)/{aug,llm,pseudo,generated_train}.csv submission/$(COMP)/*.json
+	@if [ -d submission/$(COMP)/bundle ]; then rm -rf submission/$(COMP)/bundle submission/$(COMP)/.rerun; \
+	  echo "removed submission/$(COMP)/bundle (make bundle rebuilds it; datasets and kernels already on Kaggle stay there)"; fi
 	find submission/$(COMP) -name '*.csv' ! -name ledger.csv -delete 2>/dev/null || true
 	@echo "kept data/raw/$(COMP): rm -rf data/raw/$(COMP) to download it again"
 
