@@ -142,3 +142,37 @@ def test_compare_names_the_first_differing_id(project):
     assert bundle.compare(comp, want, want.copy(), "x") == "3 rows agree (same labels)"
     with pytest.raises(UserError, match="x: id 'b' gets '0', submission.csv has '2' .1 of 3 rows differ"):
         bundle.compare(comp, want, want.assign(label=["1", "0", "3"]), "x")
+
+
+def _fake_bundle(paths, python: str):
+    (paths.submission / "bundle" / "artifacts").mkdir(parents=True)
+    (paths.submission / "bundle" / "artifacts" / "bundle.json").write_text(json.dumps({"python": python}))
+
+
+def test_rerun_without_a_network_namespace_is_one_line_and_never_runs_online(demo_folds, monkeypatch, tmp_path):
+    import platform
+
+    from medalist.stages import rerun
+
+    _fake_bundle(demo_folds, "{}.{}".format(*platform.python_version_tuple()[:2]))
+    bare = tmp_path / "bin"  # a PATH with python but no unshare
+    bare.mkdir()
+    monkeypatch.setenv("PATH", str(bare))
+    with pytest.raises(UserError, match="cannot make a network namespace"):
+        rerun.run("demo")
+    assert not (demo_folds.submission / "rerun.csv").exists() and not (demo_folds.submission / ".rerun").exists()
+
+
+def test_rerun_refuses_wheels_for_another_cpython(demo_folds):
+    from medalist.stages import rerun
+
+    _fake_bundle(demo_folds, "3.99")
+    with pytest.raises(UserError, match="wheels are for CPython 3.99 .* cannot be installed here"):
+        rerun.run("demo")
+
+
+def test_no_bundle_is_one_line(demo_folds):
+    from medalist.stages import rerun
+
+    with pytest.raises(UserError, match="no bundle in .*: run `make bundle COMP=demo` first"):
+        rerun.run("demo")
