@@ -176,3 +176,14 @@ def test_no_bundle_is_one_line(demo_folds):
 
     with pytest.raises(UserError, match="no bundle in .*: run `make bundle COMP=demo` first"):
         rerun.run("demo")
+
+
+def test_a_bundle_over_its_cap_is_one_line_and_leaves_nothing(fitted, project):
+    comp_cfg = project / "configs" / "competitions" / "demo.yaml"
+    comp_cfg.write_text(comp_cfg.read_text().replace(
+        "submission: {format: label, id_column: id, label_column: label, label_as: index}",
+        "submission: {format: label, id_column: id, label_column: label, label_as: index, "
+        "notebook: {max_bundle_mb: 0.001}}"))
+    with pytest.raises(UserError, match=r"its artifacts alone holds \d+\.\d MB, over submission.notebook.max_bundle_mb \(0.001\)"):
+        bundle.run("demo")
+    assert sorted(p.name for p in fitted.submission.iterdir()) == ["submission.csv", "submission.json"]

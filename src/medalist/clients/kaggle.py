@@ -38,6 +38,9 @@ from kagglesdk.kernels.types.kernels_api_service import (
 from kagglesdk.security.types.oauth_service import IntrospectTokenRequest
 from requests.adapters import HTTPAdapter
 
+# the owner `make bundle` writes into the bundle's metadata when it knows no username; `make submit`
+# puts the credentials' username in its place
+from medalist.bundle.kernel import PLACEHOLDER_OWNER as OWNER_PLACEHOLDER
 from medalist.core.competition import Competition
 from medalist.core.config import UserError
 
@@ -47,9 +50,6 @@ TRIES = 5  # with the default backoff base of 2 s: waits of 2, 4, 8, 16 s before
 RETRY_STATUS = {429, 500, 502, 503, 504}
 TIMEOUT_S = 60  # per connect/read: a stalled connection ends in one line, not a hang
 SETTINGS_URL = "https://www.kaggle.com/settings"
-# the owner `make bundle` writes into the bundle's metadata when it knows no username; `make submit`
-# puts the credentials' username in its place
-OWNER_PLACEHOLDER = "__KAGGLE_USERNAME__"
 
 
 def config_dir() -> Path:

@@ -162,7 +162,7 @@ def _needs_wordnet(manifest: dict) -> bool:
 def code(comp: Competition, dest: Path, manifest: dict, include_torch: bool) -> list[Path]:
     from medalist.bundle import wheels
 
-    dest.mkdir(parents=True)
+    dest.mkdir(parents=True, exist_ok=True)
     house = os.environ.get("MEDALIST_WHEELHOUSE")
     pins = wheels.plan(C.root() / "requirements.txt", include_torch=include_torch)
     got = wheels.fetch(dest, pins, python_version(comp, full=True), wheelhouse=Path(house) if house else None)
@@ -190,6 +190,18 @@ def sizes(bundle: Path) -> str:
     total = mb(bundle / "code") + mb(bundle / "artifacts")
     lines = ["| part | MB |", "|---|---:|", *(f"| {n} | {v:.1f} |" for n, v in rows), f"| **total** | {total:.1f} |"]
     return "\n".join(lines) + "\n"
+
+
+def _cap(bundle: Path, cap_mb: float, what: str) -> str:
+    """The size table; over the cap it is printed and the bundle stops with one line."""
+    (bundle / "code").mkdir(exist_ok=True)
+    table = sizes(bundle)
+    total = sum(f.stat().st_size for f in bundle.rglob("*") if f.is_file()) / 2**20
+    if total > cap_mb:
+        print(table, end="")
+        raise UserError(f"{what} holds {total:.1f} MB, over submission.notebook.max_bundle_mb ({cap_mb:g}): "
+                        "leave a member out of MODELS or raise the cap")
+    return table
 
 
 def agree(comp: Competition, paths: Paths, artifacts_dir: Path, work: Path) -> str:
@@ -238,13 +250,10 @@ def run(comp_name: str, include_torch: bool = False) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=".bundle-", dir=paths.submission))
     try:
         manifest = artifacts(comp, paths, tmp / "artifacts")
+        _cap(tmp, nb.max_bundle_mb, "its artifacts alone")  # before fetching any wheel
         code(comp, tmp / "code", manifest, include_torch)
         manifest["content_hash"] = digest.bundle_hash(tmp / "code", tmp / "artifacts")
-        table = sizes(tmp)
-        total_mb = sum(f.stat().st_size for f in tmp.rglob("*") if f.is_file()) / 2**20
-        if total_mb > nb.max_bundle_mb:
-            raise UserError(f"the bundle holds {total_mb:.0f} MB, over submission.notebook.max_bundle_mb "
-                            f"({nb.max_bundle_mb:.0f}): drop a member from MODELS or raise the cap\n{table}")
+        table = _cap(tmp, nb.max_bundle_mb, "the bundle")
         write_json(tmp / "artifacts" / "bundle.json", manifest)
         with tempfile.TemporaryDirectory(dir=paths.submission) as work:
             verdict = agree(comp, paths, tmp / "artifacts", Path(work))
