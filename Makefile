@@ -127,7 +127,7 @@ RUNS_STAMP := $(R)/.runs
 # The ensemble, leaderboard and report depend on *which* runs are listed: the stamp is rewritten
 # only when MODELS/USE_GEN/TTA change, so an unchanged second `make all` does nothing.
 # (Not while MODELS is still unknown: the first pass before the generated include exists.)
-ifneq ($(and $(MODELS),$(filter all evaluate ensemble report $(LEADERBOARD) $(ENSEMBLE) $(REPORT),$(MAKECMDGOALS))),)
+ifneq ($(and $(MODELS),$(filter all evaluate ensemble report bundle rerun $(LEADERBOARD) $(ENSEMBLE) $(REPORT),$(MAKECMDGOALS))),)
 $(shell mkdir -p $(R) && { echo '$(RUNS) tta=$(TTA)' | cmp -s - $(RUNS_STAMP) || echo '$(RUNS) tta=$(TTA)' > $(RUNS_STAMP); })
 endif
 
