@@ -20,7 +20,7 @@ from medalist.stages import bundle, ensemble, train
 @pytest.fixture
 def fitted(small_demo_folds, project):
     """Two quick TF-IDF runs and their ensemble (rank blend, exact matches on) on the small demo."""
-    (project / "configs" / "models" / "quick2.yaml").write_text("family: tfidf\nchar_ngrams: [2, 4]\nC: 0.3\n")
+    (project / "configs" / "models" / "quick2.yaml").write_text("family: tfidf\nchar_ngrams: [4, 4]\nC: 0.3\n")
     cfg = project / "configs" / "ensemble.yaml"
     cfg.write_text(cfg.read_text().replace("methods: [best, mean, rank, caruana, optimise, stack]", "methods: [rank]")
                    .replace("exact_match: false", "exact_match: true"))

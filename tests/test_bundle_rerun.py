@@ -17,7 +17,7 @@ pytestmark = pytest.mark.slow
 
 CASES = {  # competition → the MODELS trained (cheap members; every input kind covered)
     "demo": "tfidf embed",
-    "demo-images": "cnn image-embed",
+    "demo-images": "image-embed",
     "demo-products": "tfidf image-embed fusion-embed",
 }
 

@@ -33,7 +33,7 @@ class Notebook:
     accelerator: str = "none"  # none, or a Kaggle accelerator id such as NvidiaTeslaT4
     time_limit_hours: Annotated[float, Positive] = 9.0  # Kaggle stops the rerun after this long
     hidden_test_rows: Annotated[int, NonNegative] = 0  # rows of the hidden test; 0: the public test's
-    python: str = ""  # the notebook image's CPython, e.g. "3.11"; "": this machine's
+    python: str = ""  # the notebook image's CPython, e.g. "3.11" or "3.11.13"; "": this machine's
     enable_internet: bool = False  # a code competition's rerun has none; true is refused
     allow_test_fitted: bool = False  # bundle runs that saw the public test (pseudo-labels, pretraining on it)
     max_bundle_mb: Annotated[float, Positive] = 20_000.0  # artifacts + code over this: one line, no bundle
@@ -43,7 +43,7 @@ class Notebook:
         if self.enable_internet:
             raise UserError(f"{where}: enable_internet: true — a code competition reruns the notebook with "
                             "the internet off, so the bundle never asks for it; remove the key")
-        if self.python and not re.fullmatch(r"3\.\d+", self.python):
+        if self.python and not re.fullmatch(r"3\.\d+(\.\d+)?", self.python):
             raise UserError(f"{where}: python must be a CPython version like 3.11, not '{self.python}'")
         if not re.fullmatch(r"none|[A-Za-z0-9]+", self.accelerator):
             raise UserError(f"{where}: accelerator must be none or a Kaggle accelerator id (e.g. NvidiaTeslaT4), "
