@@ -1,7 +1,10 @@
 """Prediction-only forms of image networks (medalist.models.inference): BatchNorm folding is exact,
-checked, and refused where sibling order lies; the Classifier's form predicts what it predicts."""
+checked, and refused where sibling order lies; the Classifier's form predicts what it predicts.
+Text prediction from saved weights (training.predictor) on a CPU: the run's training precision
+(bf16 on a native-bf16 CPU for a config with cpu_bf16_training), MEDALIST_CPU_INFERENCE=fp32 to opt out."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -141,3 +144,125 @@ def test_a_run_asking_for_cpu_bf16_computes_its_forward_in_bf16(monkeypatch, tmp
         assert net.features[0].weight.grad.dtype == torch.float32  # the weights and their updates stay fp32
     finally:
         AcceleratorState._reset_state(True)
+
+
+# ---------------------------------------------------------------- text prediction's precision (training.predictor)
+
+
+@pytest.fixture(scope="module")
+def tiny_bert(tmp_path_factory):
+    from tiny_text import build_tiny_models
+
+    return build_tiny_models(tmp_path_factory.mktemp("models"))["bert"]
+
+
+def _text_predictor(backbone, cpu_bf16_training: bool):
+    """training.predictor over a randomly initialised tiny BERT classifier, and the dtypes its first
+    query projection computed in."""
+    from medalist.models import training
+    from medalist.models.families import hf_text
+    from tiny_text import LABELS
+
+    cfg = C.from_dict(hf_text.Config, {"family": "encoder", "backbone": str(backbone), "max_length": 32,
+                                       "eval_batch_size": 4, "cpu_bf16_training": cpu_bf16_training}, "tiny")
+    adapter = hf_text.TextAdapter(cfg, len(LABELS))
+    torch.manual_seed(0)
+    model = adapter.build_model(0)
+    seen: list[torch.dtype] = []
+    model.bert.encoder.layer[0].attention.self.query.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    return training.predictor(adapter, [model], cfg), seen
+
+
+def _rows(n: int = 10):
+    import pandas as pd
+
+    from tiny_text import make_texts
+
+    return pd.DataFrame({"id": [str(i) for i in range(n)], "text": make_texts(n, 5)[0]})
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA predicts in bf16 by itself")
+@pytest.mark.parametrize("native, trained_bf16, knob, want", [
+    (True, True, None, torch.bfloat16),  # a run trained in bf16 predicts as it did in training ...
+    (True, True, "auto", torch.bfloat16),
+    (True, True, "fp32", torch.float32),  # ... unless the knob says fp32
+    (True, False, None, torch.float32),  # a run trained in fp32 keeps fp32
+    (False, True, None, torch.float32)])  # no AVX512-BF16/AMX: bf16 would be emulated, slower than fp32
+def test_text_prediction_on_a_cpu_takes_the_runs_training_precision(monkeypatch, tiny_bert, native, trained_bf16,
+                                                                     knob, want):
+    monkeypatch.setattr(inference, "cpu_bf16_native", lambda: native)
+    if knob is None:
+        monkeypatch.delenv("MEDALIST_CPU_INFERENCE", raising=False)
+    else:
+        monkeypatch.setenv("MEDALIST_CPU_INFERENCE", knob)
+    predict, seen = _text_predictor(tiny_bert, trained_bf16)
+    p = predict(_rows())
+    assert seen and set(seen) == {want}
+    assert predict.precision == ("bf16" if want == torch.bfloat16 else "fp32")
+    assert p.dtype == np.float64 and np.allclose(p.sum(axis=1), 1.0, atol=1e-3)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA predicts in bf16 by itself")
+def test_bf16_text_prediction_stays_within_rounding_of_fp32(monkeypatch, tiny_bert):
+    monkeypatch.setattr(inference, "cpu_bf16_native", lambda: True)
+    monkeypatch.delenv("MEDALIST_CPU_INFERENCE", raising=False)
+    rows = _rows(24)
+    low = _text_predictor(tiny_bert, True)[0](rows)
+    fp32 = _text_predictor(tiny_bert, False)[0](rows)
+    assert not np.array_equal(low, fp32)  # bf16 did run
+    np.testing.assert_allclose(low, fp32, atol=0.02)
+    monkeypatch.setenv("MEDALIST_CPU_INFERENCE", "fp32")
+    np.testing.assert_array_equal(_text_predictor(tiny_bert, True)[0](rows), fp32)  # the knob: fp32 exactly
+
+
+def test_an_unknown_cpu_inference_knob_is_one_clear_error(monkeypatch, tiny_bert):
+    from medalist.core.config import UserError
+
+    monkeypatch.setenv("MEDALIST_CPU_INFERENCE", "int4")
+    with pytest.raises(UserError, match="MEDALIST_CPU_INFERENCE"):
+        _text_predictor(tiny_bert, True)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA predicts in bf16 by itself")
+def test_a_family_with_its_own_prediction_form_keeps_its_precision_on_a_cpu(monkeypatch):
+    """As images do (`cpu_bf16_inference`): the predictor does not wrap a form in autocast."""
+    import pandas as pd
+
+    from medalist.models import training
+
+    class Adapter(training.Adapter):
+        n_classes = 3
+
+        def __init__(self):
+            self.seen: list[torch.dtype] = []
+
+        def build_model(self, device_index):
+            return torch.nn.Linear(4, 3)
+
+        def make_items(self, rows, stage):
+            return [{"x": torch.full((4,), float(v))} for v in rows["v"]]
+
+        def cost(self, item):
+            return 1.0
+
+        def collate(self, items):
+            return {"x": torch.stack([it["x"] for it in items])}
+
+        def loss(self, model, batch):
+            raise NotImplementedError
+
+        def proba(self, model, batch):
+            out = model(batch["x"])
+            self.seen.append(out.dtype)
+            return torch.softmax(out.float(), dim=-1)
+
+        def for_inference(self, model):
+            return torch.nn.Sequential(model)  # its own (fp32) form: the predictor must not wrap it in autocast
+
+    monkeypatch.setattr(inference, "cpu_bf16_native", lambda: True)
+    monkeypatch.delenv("MEDALIST_CPU_INFERENCE", raising=False)
+    adapter = Adapter()
+    cfg = training.TrainConfig(family="toy", cpu_bf16_training=True)
+    predict = training.predictor(adapter, [adapter.build_model(0)], cfg)
+    predict(pd.DataFrame({"v": [0.0, 1.0, 2.0]}))
+    assert adapter.seen == [torch.float32] and predict.precision == "fp32"

@@ -209,12 +209,35 @@ def weight_dirs(fold_dir: Path) -> list[Path]:
 
 def predictor(adapter: Adapter, models: list[torch.nn.Module], cfg: TrainConfig) -> Callable[[pd.DataFrame], np.ndarray]:
     """predict(rows) -> (n, K): the mean probabilities of `models` (one per seed), on one device,
-    at the last stage's input size; no accelerate launch needed."""
+    at the last stage's input size, in batches of similar length; no accelerate launch needed.
+
+    Precision: the one the run's training-time predictions (its oof.csv and test.csv) were made in,
+    so saved weights give the fold's own probabilities back — a code competition's rerun compares
+    them within 1e-4. That is bf16 autocast on CUDA where supported, and on a CPU that computes bf16
+    natively (AVX512-BF16, AMX) for a config with `cpu_bf16_training` (the minilm configs: the
+    demo's minilm OOF and test.csv bit for bit; MiniLM 1.8× fp32's texts/s on math-subjects test
+    texts, 2 shared cores); fp32 otherwise (bf16 is emulated without those flags). A family with a
+    prediction form of its own (`Adapter.for_inference`: images) picks its CPU precision there
+    (`cpu_bf16_inference`).
+    `MEDALIST_CPU_INFERENCE=fp32` keeps a CPU in fp32 whatever the config (its probabilities then
+    differ from the training-time ones by bf16 rounding: up to 2e-3 on the demo's minilm); the
+    default, `auto`, is the above. Training never goes through here.
+    """
+    import os
+
+    from medalist.core.config import UserError
+    from medalist.models import inference
+
+    knob = os.environ.get("MEDALIST_CPU_INFERENCE", "auto")
+    if knob not in ("auto", "fp32"):
+        raise UserError(f"MEDALIST_CPU_INFERENCE={knob!r}: use auto (the run's training precision) or fp32")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     models = [(m if getattr(m, "hf_device_map", None) else m.to(device)).eval() for m in models]
-    models = [inference_form(adapter, m) for m in models]
+    forms = [inference_form(adapter, m) for m in models]
+    own_form = any(f is not m for f, m in zip(forms, models))
+    use_bf16 = inference.bf16_enabled(device, cfg.cpu_bf16_training and knob == "auto" and not own_form)
+    models = forms
     stage = cfg.stage_list()[-1]
-    use_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
 
     def predict(rows: pd.DataFrame) -> np.ndarray:
         items = adapter.make_items(rows, stage)
@@ -227,4 +250,5 @@ def predictor(adapter: Adapter, models: list[torch.nn.Module], cfg: TrainConfig)
                 out[idx] = np.mean([adapter.proba(m, batch).float().cpu().numpy() for m in models], axis=0)
         return out
 
+    predict.precision = "bf16" if use_bf16 else "fp32"
     return predict
