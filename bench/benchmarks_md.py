@@ -60,10 +60,36 @@ def goals(res: dict) -> list[str]:
          f"training throughput ≥ 1.5× the plain Trainer at equal or better score "
          f"({fmt(tr.get('ratio'), 2)}×; test micro-F1 {fmt(mm)} vs Trainer {fmt(tq)}"
          f"{'' if mm is not None else f' — no finished run of the speed config, {speed_model}'})")
-    line(None if rr.get("ratio") is None else rr["ratio"] >= 2, f"inference ≥ 2× ({fmt(rr.get('ratio'), 2)}×)")
+    fp32 = s.get("infer_texts_per_s_fp32") or {}
+    how = (f" in {s['infer_precision']}, what a run trained with cpu_bf16_training predicts in here; fp32: "
+           f"{fmt(fp32.get('ratio'), 2)}×" if s.get("infer_precision") else "")
+    line(None if rr.get("ratio") is None else rr["ratio"] >= 2, f"inference ≥ 2× ({fmt(rr.get('ratio'), 2)}×{how})")
     line(None if not s.get("wall_seconds") else s["wall_seconds"] < 900,
          f"speed part under 15 minutes ({fmt(s.get('wall_seconds', 0) / 60 if s.get('wall_seconds') else None, 1)} min)")
     return out + images.goals(res.get("images") or {})
+
+
+def infer_how(s: dict) -> str:
+    """How the speed part timed medalist's inference, for its paragraph."""
+    if not s.get("infer_precision"):
+        return ""
+    return (f" (medalist: `load_predictor` on the fold its side just trained, in a process of its own: the precision "
+            f"it picks for a run trained with `cpu_bf16_training`, as the minilm configs are — {s['infer_precision']} "
+            f"here, where the CPU {'has' if s['bf16_native_cpu'] else 'has no'} native bf16 — and fp32 "
+            f"(`MEDALIST_CPU_INFERENCE=fp32`; also what a run trained in fp32 predicts in), alternating, "
+            f"{s['infer_rounds']} passes each after a warm-up batch, the median of each repeat's passes, then over "
+            f"repeats; the two precisions' probabilities on that briefly trained fold within "
+            f"{s['infer_max_abs_diff_vs_fp32']:.1e}; Trainer: `trainer.predict` after its training steps)")
+
+
+def infer_rows(s: dict) -> list[str]:
+    """The speed table's inference rows: the chosen precision, and fp32 beside it where measured."""
+    inf, fp32 = s["infer_texts_per_s"], s.get("infer_texts_per_s_fp32")
+    if not fp32:
+        return [f"| inference texts/s | {fmt(inf['medalist'], 1)} | {fmt(inf['trainer'], 1)} | {fmt(inf['ratio'], 2)}× |"]
+    return [f"| inference texts/s, {s['infer_precision']} | {fmt(inf['medalist'], 1)} | {fmt(inf['trainer'], 1)} | "
+            f"{fmt(inf['ratio'], 2)}× |",
+            f"| inference texts/s, fp32 | {fmt(fp32['medalist'], 1)} | {fmt(fp32['trainer'], 1)} | {fmt(fp32['ratio'], 2)}× |"]
 
 
 def ablation_lines(abl: dict | None, q: dict) -> list[str]:
@@ -160,23 +186,26 @@ def render(res: dict) -> str:
                  and d not in q["ensembles"].values() else "")), ""]
         L += ablation_lines(q.get("ablations"), q)
     if s:
-        tr, inf, tok = s["train_samples_per_s"], s["infer_texts_per_s"], s["tokenize_seconds"]
+        tr, tok = s["train_samples_per_s"], s["tokenize_seconds"]
         L += ["## Speed (A/B, same backbone, same rows)", "",
               (f"{s['repeats']} alternating repeats (ABBA order), median; each side its own process; "
               f"training: {s['steps']} optimizer steps on the same {s['rows']} train rows (medalist: "
               f"`hf_text.fit_fold` through the engine, one epoch over them; Trainer: `--max-steps {s['steps']}`); inference: "
-              f"the same {s['infer_rows']} test texts. Device: {s['device']}."), "",
+              f"the same {s['infer_rows']} test texts{infer_how(s)}. Device: {s['device']}."), "",
               "| | medalist | plain Trainer | ratio |", "|---|---|---|---|",
               f"| training samples/s | {fmt(tr['medalist'], 2)} | {fmt(tr['trainer'], 2)} | {fmt(tr['ratio'], 2)}× |",
-              f"| inference texts/s | {fmt(inf['medalist'], 1)} | {fmt(inf['trainer'], 1)} | {fmt(inf['ratio'], 2)}× |",
+              *infer_rows(s),
               (f"| tokenisation s ({tok['texts']} texts) | {fmt(tok['medalist'], 3)} | {fmt(tok['trainer'], 3)} | "
               f"{fmt(tok['ratio'], 2)}× |"),
               f"| peak RSS MB | {fmt(s['peak_rss_mb']['medalist'], 0)} | {fmt(s['peak_rss_mb']['trainer'], 0)} | |"]
         if gpu or any(s["peak_gpu_mb"].values()):
             L.append(f"| peak GPU MB ({s['mixed_precision']['medalist']} / {s['mixed_precision']['trainer']}) | "
                      f"{fmt(s['peak_gpu_mb']['medalist'], 0)} | {fmt(s['peak_gpu_mb']['trainer'], 0)} | |")
-        L += ["", "Per repeat (samples/s, texts/s): " + "; ".join(
-            f"{side} " + ", ".join(f"{r['train_samples_per_s']:.2f}/{r['infer_texts_per_s']:.1f}" for r in rs)
+        L += ["", "Per repeat (samples/s, texts/s" + (f"; medalist: {s['infer_precision']} / fp32" if s.get("infer_precision")
+                                                       else "") + "): " + "; ".join(
+            f"{side} " + ", ".join(f"{r['train_samples_per_s']:.2f}/{r['infer_texts_per_s']:.1f}"
+                                   + (f"/{r['infer_texts_per_s_fp32']:.1f}" if "infer_texts_per_s_fp32" in r else "")
+                                   for r in rs)
             for side, rs in s["samples"].items()) + f". Speed part wall time: {s['wall_seconds'] / 60:.1f} min.", ""]
     stages = res.get("stages") or {}
     if stages:

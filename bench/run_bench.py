@@ -12,7 +12,9 @@ Parts (--parts, default all):
   speed    A/B, alternating medalist (bench/medalist_steps.py: hf_text.fit_fold on steps × batch
            rows) and the Trainer script (--max-steps) on the same rows, each its own process;
            medians of --repeats; training samples/s, inference texts/s, tokenisation time, peak RSS
-           (and peak GPU memory, bf16, on CUDA).
+           (and peak GPU memory, bf16, on CUDA). medalist's inference: load_predictor on the fold
+           just trained, in the precision it picks for a run trained with cpu_bf16_training (bf16 on
+           a CPU with native bf16) and in fp32, --infer-rounds passes each (bench/speed.py).
   growth   training and inference time against data size: TF-IDF measured at each size, the neural
            models' training extrapolated from the speed part's medians, medalist's inference
            measured at each size through load_predictor; a table and bench/growth.png.
@@ -101,6 +103,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--steps", type=int, default=10, help="optimizer steps per speed run")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--infer-rows", type=int, default=512)
+    ap.add_argument("--infer-rounds", type=int, default=3,
+                    help="timed passes over the inference rows per precision and repeat, alternating")
     ap.add_argument("--growth-sizes", default="1000,2000,4000,all")
     ap.add_argument("--quick", action="store_true", help="development: 2 steps, 64 texts, growth at 250,500")
     ap.add_argument("--skip-trainer-fit", action="store_true",
@@ -130,8 +134,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     if unknown:
         raise UserError(f"--parts: unknown part(s) {sorted(unknown)} (quality, speed, growth, images, "
                         f"images-speed, images-quality, dedup, validation, scale)")
-    if min(a.repeats, a.steps, a.image_repeats, a.image_steps, a.image_infer_rows) < 1:
-        raise UserError("--repeats, --steps and the --image-… counts must be at least 1")
+    if min(a.repeats, a.steps, a.infer_rounds, a.image_repeats, a.image_steps, a.image_infer_rows) < 1:
+        raise UserError("--repeats, --steps, --infer-rounds and the --image-… counts must be at least 1")
     if a.image_workers < 0:
         raise UserError("--image-workers must be 0 or more")
     a.model_config = (a.model_config or C.configs_dir() / "models" / f"{a.model}.yaml").resolve()
