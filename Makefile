@@ -24,6 +24,8 @@ ANSWERS  ?=#                 an answers CSV (id,label), for `make score`
 MESSAGE  ?=#                 a submission message, for `make submit`
 TEST_DIR ?=#                 another test set in the competition's layout, for `make rerun`
 BUNDLE_TORCH ?= 0#           1: `make bundle` packs torch and torchvision too (default: Kaggle's image has them)
+LAUNCHER ?= local#           where fold jobs run: local, or ray (tasks on the Ray cluster at RAY_ADDRESS; make venv-ray)
+RAY_ADDRESS ?=#              host:port of the Ray head, as `ray start --head` prints it, for LAUNCHER=ray
 BENCH_COMP   ?= math-subjects#               `make bench`: its competition,
 BENCH_DIR    ?= ../shared/competitions/math-subjects#  where its files are,
 BENCH_MODELS ?= tfidf embed minilm-dapt minilm-dapt+pseudo#  the runs the quality part scores (the best CPU recipe),
@@ -36,8 +38,8 @@ BENCH_ARGS   ?=#                             e.g. --parts speed,growth  --quick 
 # name checked against configs/, never pasted into a command line. So quotes, `$(…)`,
 # backticks, spaces and newlines in a path or a message run nothing and arrive unchanged.
 $(foreach v,COMP MODELS USE_GEN GEN TTA FOLDS COMP_DIR COMP_ZIP RUN MODEL CKPT GPUS FILE ANSWERS MESSAGE TEST_DIR BUNDLE_TORCH \
-  BENCH_COMP BENCH_DIR BENCH_MODELS BENCH_GEN BENCH_NEURAL BENCH_ARGS,$(eval override $(v) := $$(value $(v))))
-export COMP_DIR COMP_ZIP CKPT GPUS FILE ANSWERS MESSAGE TEST_DIR BENCH_COMP BENCH_DIR BENCH_MODELS BENCH_NEURAL BENCH_ARGS
+  LAUNCHER RAY_ADDRESS BENCH_COMP BENCH_DIR BENCH_MODELS BENCH_GEN BENCH_NEURAL BENCH_ARGS,$(eval override $(v) := $$(value $(v))))
+export COMP_DIR COMP_ZIP CKPT GPUS FILE ANSWERS MESSAGE TEST_DIR LAUNCHER RAY_ADDRESS BENCH_COMP BENCH_DIR BENCH_MODELS BENCH_NEURAL BENCH_ARGS
 
 VENV       := .venv
 PY         := $(VENV)/bin/python
@@ -55,6 +57,7 @@ $(if $(call is_config,configs/competitions,$(COMP)),,$(error unknown competition
 $(if $(filter-out 0 1,$(USE_GEN)),$(error USE_GEN must be 0 or 1, not '$(USE_GEN)'))
 $(if $(filter-out 0 1,$(BENCH_GEN)),$(error BENCH_GEN must be 0 or 1, not '$(BENCH_GEN)'))
 $(if $(filter-out 0 1,$(BUNDLE_TORCH)),$(error BUNDLE_TORCH must be 0 or 1, not '$(BUNDLE_TORCH)'))
+$(if $(filter-out 1,$(words $(LAUNCHER)))$(filter-out local ray,$(LAUNCHER)),$(error LAUNCHER must be local or ray, not '$(LAUNCHER)'))
 comma := ,
 empty :=
 space := $(empty) $(empty)
@@ -150,6 +153,8 @@ $(VENV)/.installed: requirements.txt
 	$(PY) -m pip install -q -r requirements.txt
 	$(PY) -c "$$TORCH_CHECK"
 	touch $@
+venv-ray: | $(VENV)/.installed ## add Ray to .venv (requirements-ray.txt), for LAUNCHER=ray: on every machine of the cluster
+	$(PY) -m pip install -q -r requirements-ray.txt
 
 # torchvision's compiled operators work only beside the torch they were built for; pip can end
 # with another pair installed (a wheel cache, an index serving only some builds), and the error
@@ -245,8 +250,8 @@ train: $(if $(FOLDS),$(FOLD_FILES),$(RUN_FILES)) ## train every run in MODELS, k
 
 TRAIN.inprocess  = $(PY) -m medalist.stages.train
 TRAIN.accelerate = $(ACCELERATE) -m medalist.stages.train
-# each fold job on its own GPU(s) where there are any (core.slots); $(1): a model config
-SLOT = $(PY) -m medalist.core.slots --gpus $(MODEL_GPUS.$(1)) --
+# each fold job on its own GPU(s) where there are any (core.slots), or a Ray task (LAUNCHER=ray; core.launch); $(1): a model config
+SLOT = $(PY) -m medalist.core.launch --gpus $(MODEL_GPUS.$(1)) --
 multi_gpu = $(if $(filter-out 0 1,$(MODEL_GPUS.$(1))), --multi_gpu --num_processes $(MODEL_GPUS.$(1)))
 
 # A config the registry rejects fails only when its run is wanted (MODELS, or a goal needing it).
