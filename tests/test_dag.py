@@ -124,10 +124,10 @@ def test_family_table_comes_from_the_registry(make_project):
     assert "accelerate launch --config_file accelerate_config.yaml -m medalist.stages.train --comp demo --model minilm" in out
     # prerequisites are what a family imports, at any depth, inside functions too: editing
     # models/inference.py makes image-embed runs stale, and the ensemble's code no run
-    mk = (root / ".make" / "models.mk").read_text()
-    image_embed = next(line for line in mk.splitlines() if line.startswith("MODEL_SRC.image-embed :="))
+    mk = (root / ".make" / "plan" / "demo.mk").read_text()
+    image_embed = next(line for line in mk.splitlines() if line.startswith("SRC.model.image-embed :="))
     assert "$(M)/models/inference.py" in image_embed and "$(M)/image/features.py" in image_embed
-    assert "stages/ensemble.py" not in mk
+    assert "stages/ensemble.py" not in image_embed
 
 
 # Every kind of shell and make syntax; run anywhere, each piece would create INJECTED in the project.

@@ -56,13 +56,22 @@ def test_tfidf_sees_no_gpu_and_a_cpu_machine_runs_the_command_untouched(tmp_path
     assert p.communicate("", timeout=60)[0].strip() == "unset" and p.returncode == 0
 
 
-def test_the_registry_gives_each_model_its_gpus(tmp_path):
-    from medalist.models.registry import make_include
+def test_the_planner_gives_each_model_its_gpus(tmp_path):
+    import shutil
+
+    from conftest import REPO
+    from medalist.planner import plan
 
     (tmp_path / "models").mkdir()
+    (tmp_path / "pretrain").mkdir()
+    shutil.copytree(REPO / "configs" / "competitions", tmp_path / "competitions")
     for name, text in {"lin": "family: tfidf\n", "enc": "family: encoder\n", "big": "family: encoder\ngpus: 2\n",
                        "bad": "family: encoder\ngpus: two\n"}.items():
         (tmp_path / "models" / f"{name}.yaml").write_text(text)
-    mk = make_include(sorted((tmp_path / "models").glob("*.yaml")))
-    assert "MODEL_GPUS.lin := 0" in mk and "MODEL_GPUS.enc := 1" in mk and "MODEL_GPUS.big := 2" in mk
+    mk = plan("demo", tmp_path)
+    assert "\t$(call SLOT,0) $(PY) -m medalist.stages.train --comp demo --model lin --folds $*" in mk
+    assert "\t$(call SLOT,1) $(ACCELERATE) -m medalist.stages.train --comp demo --model enc --folds $*" in mk
+    assert ("\t$(call SLOT,2) $(ACCELERATE) --multi_gpu --num_processes 2 -m medalist.stages.train --comp demo "
+            "--model big --gen aug,pseudo --folds $*") in mk
     assert "MODEL_ERROR.bad := configs/models/bad.yaml: gpus must be a whole number ≥ 0, not 'two'" in mk
+    assert "results/demo/bad" not in mk
