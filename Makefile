@@ -146,8 +146,7 @@ $(PSEUDO): $(TEACHER_STAMP) $(TEACHERS:%=$(R)/%/metrics.json) $(if $(TEACHERS),,
 # ---------------------------------------------------------------- training and inference
 pretrain: $(if $(call is_config,configs/pretrain,$(MODEL)),$(R)/pretrain/$(MODEL)/done.json,FORCE) ## MODEL=<config>: continue a text backbone as a masked LM on COMP's texts → results/<comp>/pretrain/<config>/
 	$(if $(call is_config,configs/pretrain,$(MODEL)),,$(error $(if $(MODEL),unknown pretraining config '$(MODEL)': no configs/pretrain/$(MODEL).yaml,pretrain needs MODEL=<config>, e.g. make pretrain MODEL=minilm (configs/pretrain/<config>.yaml))))
-baseline: ## = make train MODELS=tfidf
-	$(MAKE) --no-print-directory train MODELS=tfidf
+baseline: $(R)/tfidf$(GEN_SFX)/metrics.json ## = make train MODELS=tfidf
 train: $(if $(FOLDS),$(foreach r,$(RUNS),$(FOLD_LIST:%=$(R)/$(r)/fold%/done.json)),$(RUN_FILES)) ## train every run in MODELS, k folds each (neural ones under accelerate launch)
 check_run = $(if $(RUN),$(if $(call valid_run,$(RUN)),,$(error $(call run_error,$(RUN),run))),$(error $(1) needs RUN=<run>, e.g. make $(1) RUN=tfidf))
 predict: | $(VENV)/.installed ## RUN=<run> [CKPT=dir]: test probabilities from saved weights → submission/<comp>/<run>.csv
