@@ -8,7 +8,8 @@ MAKEFLAGS += --no-builtin-rules
 
 # ---------------------------------------------------------------- knobs (make VAR=value)
 COMP     ?= demo#            competition: configs/competitions/$(COMP).yaml
-MODELS   ?=#                 runs to train / ensemble (configs/models/<m>.yaml, or <m>+pseudo etc. for one run on its own sources); default: the competition's default_models
+MODELS   ?=#                 runs to train / ensemble (configs/models/<m>.yaml, or <m>+pseudo etc. for one run on its own sources); default: PRESET's
+PRESET   ?= good#            fast | good | best: MODELS by the competition's inputs and this machine (configs/presets.yaml; `make plan`)
 USE_GEN  ?= 0#               1: train on every generated source too (runs get a +gen suffix)
 GEN      ?=#                 or some of them: e.g. aug,pseudo (of aug,llm,pseudo; runs get +aug+pseudo)
 TTA      ?= 1#               1: the ensemble reads each run's tta/ (used only where it helps OOF)
@@ -36,9 +37,10 @@ BENCH_ARGS   ?=#                             e.g. --parts speed,growth  --quick 
 # User values are text, never make or shell code: each is frozen as typed (`$(value)`: make
 # expands no `$(…)` in it) and reaches programs as an environment variable ("$$FILE") or as a
 # name checked against configs/, never pasted into a command line.
-KNOBS := COMP MODELS USE_GEN GEN TTA FOLDS COMP_DIR COMP_ZIP RUN MODEL CKPT GPUS FILE ANSWERS MESSAGE TEST_DIR \
+KNOBS := COMP MODELS PRESET USE_GEN GEN TTA FOLDS COMP_DIR COMP_ZIP RUN MODEL CKPT GPUS FILE ANSWERS MESSAGE TEST_DIR \
   BUNDLE_TORCH LAUNCHER RAY_ADDRESS BENCH_COMP BENCH_DIR BENCH_MODELS BENCH_GEN BENCH_NEURAL BENCH_ARGS
 $(foreach v,$(KNOBS),$(eval override $(v) := $$(value $(v))))
+export MODELS_GIVEN := $(MODELS)#  for `make plan`: before PRESET fills MODELS in
 export COMP_DIR COMP_ZIP CKPT GPUS FILE ANSWERS MESSAGE TEST_DIR LAUNCHER RAY_ADDRESS BENCH_COMP BENCH_DIR BENCH_MODELS BENCH_NEURAL BENCH_ARGS
 VENV := .venv
 PY   := $(VENV)/bin/python
@@ -56,6 +58,7 @@ is_config = $(and $(filter 1,$(words $(2))),$(call eq,$(wildcard $(1)/$(2).yaml)
 $(if $(call is_config,configs/competitions,$(COMP)),,$(error unknown competition '$(COMP)': no configs/competitions/$(COMP).yaml))
 $(foreach v,USE_GEN TTA BENCH_GEN BUNDLE_TORCH,$(if $(filter-out 0 1,$($(v))),$(error $(v) must be 0 or 1, not '$($(v))')))
 $(if $(filter-out 1,$(words $(LAUNCHER)))$(filter-out local ray,$(LAUNCHER)),$(error LAUNCHER must be local or ray, not '$(LAUNCHER)'))
+$(if $(filter-out 1,$(words $(PRESET)))$(filter-out fast good best,$(PRESET)),$(error PRESET must be fast, good or best, not '$(PRESET)'))
 comma := ,
 empty :=
 space := $(empty) $(empty)
@@ -65,13 +68,14 @@ PLAN := .make/plan/$(COMP).mk#  paths, runs, rules and sources; one Python start
 ifneq ($(filter-out help venv venv-ray test test-all clean tensorboard,$(or $(MAKECMDGOALS),help)),)
 include $(PLAN)
 endif
-$(PLAN): $(wildcard configs/models/*.yaml configs/pretrain/*.yaml) configs/competitions/$(COMP).yaml configs/models \
+$(PLAN): $(wildcard configs/models/*.yaml configs/pretrain/*.yaml) configs/competitions/$(COMP).yaml configs/presets.yaml configs/models \
   $(wildcard configs/pretrain) $(wildcard $(M)/*.py $(M)/*/*.py $(M)/*/*/*.py) | $(VENV)/.installed
 	$(PY) -m medalist.planner $(COMP) $@
 $(STAMPS)/%.json: | $(VENV)/.installed
 	@test -e $@ || $(PY) -m medalist.planner $(COMP) $(PLAN)
 
-override MODELS := $(or $(MODELS),$(DEFAULT_MODELS))
+$(if $(MODELS),,$(if $(PRESET_ERROR.$(PRESET)),$(error $(PRESET_ERROR.$(PRESET)))))
+override MODELS := $(or $(MODELS),$(PRESET_MODELS.$(PRESET)))
 GEN_SFX   := $(if $(filter 1,$(USE_GEN)),+gen,$(subst $(space),,$(addprefix +,$(filter $(subst $(comma), ,$(GEN)),aug llm pseudo))))
 RUNS      := $(foreach m,$(MODELS),$(if $(findstring +,$(m)),$(m),$(m)$(GEN_SFX)))
 base       = $(firstword $(subst +, ,$(1)))
@@ -93,8 +97,10 @@ $(RUNS_STAMP):
 	rm -rf .make/runs/$(COMP) && mkdir -p $(@D) && touch $@
 
 .DEFAULT_GOAL := help
-.PHONY: FORCE help all venv venv-ray download check folds baseline train augment generate pseudo pretrain tta evaluate \
+.PHONY: FORCE help plan all venv venv-ray download check folds baseline train augment generate pseudo pretrain tta evaluate \
         ensemble report submission predict bundle rerun score submit status tensorboard test test-all bench clean
+plan: | $(VENV)/.installed ## what PRESET (and each preset) resolves to for COMP on this machine, and why
+	$(PY) -m medalist.presets --comp $(COMP) --preset $(PRESET) --models "$$MODELS_GIVEN"
 help: ## list every target
 	@echo "usage: make <target> [COMP=demo] [MODELS=\"tfidf embed minilm\" (default: the competition's default_models)] [USE_GEN=0|1 | GEN=aug,llm,pseudo] …"
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z][a-z-]*:.*## / {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)

@@ -101,6 +101,15 @@ def plan(comp_name: str, configs_dir: Path) -> str:
               f"PSEUDO := data/generated/{comp.name}/pseudo.csv", f"STAMPS := .make/stamps/{comp.name}",
               f"CHECKS := {r}/checks.md", f"LEADERBOARD := {r}/leaderboard.md", f"ENSEMBLE := {r}/ensemble/metrics.json",
               f"REPORT := {r}/report.html", f"BUNDLE := submission/{comp.name}/bundle/artifacts/bundle.json"]
+    from medalist import presets
+    from medalist.core.hardware import describe
+
+    machine = describe()
+    for p in presets.PRESETS:  # MODELS when none are given (configs/presets.yaml, this machine)
+        try:
+            lines.append(f"PRESET_MODELS.{p} := {make_text(' '.join(presets.resolve(comp, p, machine, configs_dir).models))}")
+        except UserError as e:
+            lines.append(f"PRESET_ERROR.{p} := {make_text(str(e))}")
     lines += [f"DEFAULT_MODELS := {make_text(' '.join(comp.default_models))}",
               f"FOLD_IDS := {' '.join(map(str, folds))}"]
     lines += [f"SRC.{stage} := {_files(*mods)}" for stage, mods in STAGES.items()]
