@@ -8,6 +8,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -216,3 +217,25 @@ def test_folds_are_targets_of_their_own_and_results_do_not_depend_on_j(make_proj
     assert make(root, "-q", "all", runs, check=False).returncode == 0
     p = make(root, "train", runs, "FOLDS=7", check=False)
     assert p.returncode != 0 and "FOLDS must list folds of demo (0,1,2,3,4), comma-separated, not '7'" in p.stderr
+
+
+@pytest.mark.slow
+def test_two_test_images_swapped_in_the_files_swap_their_predictions(make_project, tmp_path):
+    """The same images competition given again from a folder where two test images traded files
+    (names kept): the next `make all` predicts them swapped — the caches are keyed by the bytes."""
+    root = make_project
+    args = ["COMP=demo-images", "MODELS=image-embed"]
+    make(root, "all", *args)
+    before = pd.read_csv(root / "results/demo-images/image-embed/test.csv", dtype={"id": str}).set_index("id")
+    src = tmp_path / "swapped"
+    shutil.copytree(root / "data/raw/demo-images", src, ignore=shutil.ignore_patterns(".complete"))
+    a, b = sorted(p.name for p in (src / "test").iterdir())[:2]
+    (src / "test" / a).rename(src / "test" / "tmp")
+    (src / "test" / b).rename(src / "test" / a)
+    (src / "test" / "tmp").rename(src / "test" / b)
+    shutil.rmtree(root / "data/raw/demo-images")
+    make(root, "all", *args, f"COMP_DIR={src}")
+    after = pd.read_csv(root / "results/demo-images/image-embed/test.csv", dtype={"id": str}).set_index("id")
+    assert np.allclose(after.loc[a], before.loc[b]) and np.allclose(after.loc[b], before.loc[a])
+    rest = before.index.difference([a, b])
+    assert np.allclose(after.loc[rest], before.loc[rest], atol=1e-6)
