@@ -43,7 +43,7 @@ TAIL_LINES = 40  # the lines of a failed job's output shown here
 KEEP_PACKS = 4  # input packs kept in the object store (oldest use goes first)
 CONNECT_TIMEOUT_S = 5.0
 PACK_WAIT_S = 600.0  # how long a task waits for its driver to upload the inputs
-FORWARD = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "TOKENIZERS_PARALLELISM", "OMP_NUM_THREADS")  # besides MEDALIST_*
+FORWARD = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "TOKENIZERS_PARALLELISM")  # besides MEDALIST_* and *_NUM_THREADS
 LOCAL_ONLY = ("MEDALIST_ROOT", "MEDALIST_CONFIGS", "MEDALIST_MAKE_START")  # paths and times of this machine
 HEAD_HINT = ("start a head with `ray start --head --node-ip-address=<ip> --port=6379` (README: \"A Ray cluster\") "
              "or correct RAY_ADDRESS")
@@ -193,8 +193,8 @@ def _job(packs, key: str, state: bytes, command: list[str], env: dict, outputs: 
             with tarfile.open(fileobj=io.BytesIO(blob)) as tar:
                 tar.extractall(work, filter="data")
         program = os.path.join(os.path.dirname(sys.executable), os.path.basename(command[0]))
-        # the worker's environment less what Ray sets for its own workers: a job here got no
-        # OMP_NUM_THREADS either (BLAS threads change the last digits of a fit)
+        # the worker's environment less what Ray sets for its own workers (its OMP_NUM_THREADS: BLAS
+        # threads change the last digits of a fit), then what the job had where make runs
         env = {**{k: v for k, v in os.environ.items() if not k.startswith("RAY_") and k != "OMP_NUM_THREADS"},
                **env, "MEDALIST_ROOT": work, "MEDALIST_CONFIGS": os.path.join(work, "configs"),
                "PYTHONPATH": os.path.join(work, "src"), "PYTHONUNBUFFERED": "1"}
@@ -315,7 +315,8 @@ def run_on_ray(gpus: int, command: list[str], fold: Fold) -> int:
     except ValueError:
         raise UserError(f"RAY_MEMORY_GB must be a number of GiB, not '{os.environ['RAY_MEMORY_GB']}'") from None
     _check_fits(ray, fold, address, gpus, cpus, memory)
-    env = {k: v for k, v in os.environ.items() if (k.startswith("MEDALIST_") and k not in LOCAL_ONLY) or k in FORWARD}
+    env = {k: v for k, v in os.environ.items()
+           if (k.startswith("MEDALIST_") and k not in LOCAL_ONLY) or k.endswith("_NUM_THREADS") or k in FORWARD}
     env["MEDALIST_THREADS"] = str(cpus)
     outputs = [*fold.dirs, f"results/{fold.comp}/{fold.run}/config.yaml"]
     task = ray.remote(_job).options(num_gpus=gpus, num_cpus=cpus, memory=memory, max_retries=0,
