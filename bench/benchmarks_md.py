@@ -70,16 +70,22 @@ def goals(res: dict) -> list[str]:
 
 
 def infer_how(s: dict) -> str:
-    """How the speed part timed medalist's inference, for its paragraph."""
+    """How the speed part timed inference, for its paragraph."""
     if not s.get("infer_precision"):
         return ""
-    return (f" (medalist: `load_predictor` on the fold its side just trained, in a process of its own: the precision "
-            f"it picks for a run trained with `cpu_bf16_training`, as the minilm configs are — {s['infer_precision']} "
-            f"here, where the CPU {'has' if s['bf16_native_cpu'] else 'has no'} native bf16 — and fp32 "
-            f"(`MEDALIST_CPU_INFERENCE=fp32`; also what a run trained in fp32 predicts in), alternating, "
-            f"{s['infer_rounds']} passes each after a warm-up batch, the median of each repeat's passes, then over "
-            f"repeats; the two precisions' probabilities on that briefly trained fold within "
-            f"{s['infer_max_abs_diff_vs_fp32']:.1e}; Trainer: `trainer.predict` after its training steps)")
+    rr = s["infer_round_ratios"]
+    return (f" (one process per repeat, on the fold medalist's side just trained, alternating {s['infer_rounds']} "
+            f"passes each after a warm-up batch, so the machine's load falls on all three alike: medalist's "
+            f"`load_predictor` in the precision it picks for a run trained with `cpu_bf16_training`, as the minilm "
+            f"configs are — {s['infer_precision']} here, where the CPU {'has' if s['bf16_native_cpu'] else 'has no'} "
+            f"native bf16 —, the same in fp32 (`MEDALIST_CPU_INFERENCE=fp32`; also what a run trained in fp32 "
+            f"predicts in), and the plain Trainer's `predict` as bench/trainer_baseline.py makes it; texts/s: the "
+            f"median of each repeat's passes, then over repeats; ratio: the median of the {rr['chosen']['n']} per-round "
+            f"ratios (a round's three passes run back to back, under the same load), which ranged "
+            f"{rr['chosen']['min']:.2f}–{rr['chosen']['max']:.2f}× ({s['infer_precision']}) and "
+            f"{rr['fp32']['min']:.2f}–{rr['fp32']['max']:.2f}× (fp32). The two precisions' probabilities on that briefly trained "
+            f"fold within {s['infer_max_abs_diff_vs_fp32']:.1e}. The Trainer script's own predict after its training "
+            f"steps, in its process: {s['infer_texts_per_s_trainer_process']:.1f} texts/s)")
 
 
 def infer_rows(s: dict) -> list[str]:
@@ -90,6 +96,21 @@ def infer_rows(s: dict) -> list[str]:
     return [f"| inference texts/s, {s['infer_precision']} | {fmt(inf['medalist'], 1)} | {fmt(inf['trainer'], 1)} | "
             f"{fmt(inf['ratio'], 2)}× |",
             f"| inference texts/s, fp32 | {fmt(fp32['medalist'], 1)} | {fmt(fp32['trainer'], 1)} | {fmt(fp32['ratio'], 2)}× |"]
+
+
+def per_repeat(s: dict) -> str:
+    """Each repeat's figures: training samples/s, and inference texts/s of each side."""
+    sm = s["samples"]
+    if not s.get("infer_precision"):
+        return "Per repeat (samples/s, texts/s): " + "; ".join(
+            f"{side} " + ", ".join(f"{r['train_samples_per_s']:.2f}/{r['infer_texts_per_s']:.1f}" for r in rs)
+            for side, rs in sm.items()) + "."
+    train = "; ".join(f"{side} " + ", ".join(f"{r['train_samples_per_s']:.2f}" for r in rs) for side, rs in sm.items())
+    infer = ", ".join(f"{r['infer_texts_per_s']:.1f}/{r['infer_texts_per_s_fp32']:.1f}/{r['infer_texts_per_s_trainer']:.1f}"
+                      for r in sm["medalist"])
+    took = f" (its process: {s['infer_process_seconds']:.0f} s, median)" if s.get("infer_process_seconds") else ""
+    return (f"Per repeat: training samples/s {train}; inference texts/s (medalist {s['infer_precision']} / medalist "
+            f"fp32 / Trainer.predict) {infer}{took}.")
 
 
 def ablation_lines(abl: dict | None, q: dict) -> list[str]:
@@ -201,12 +222,7 @@ def render(res: dict) -> str:
         if gpu or any(s["peak_gpu_mb"].values()):
             L.append(f"| peak GPU MB ({s['mixed_precision']['medalist']} / {s['mixed_precision']['trainer']}) | "
                      f"{fmt(s['peak_gpu_mb']['medalist'], 0)} | {fmt(s['peak_gpu_mb']['trainer'], 0)} | |")
-        L += ["", "Per repeat (samples/s, texts/s" + (f"; medalist: {s['infer_precision']} / fp32" if s.get("infer_precision")
-                                                       else "") + "): " + "; ".join(
-            f"{side} " + ", ".join(f"{r['train_samples_per_s']:.2f}/{r['infer_texts_per_s']:.1f}"
-                                   + (f"/{r['infer_texts_per_s_fp32']:.1f}" if "infer_texts_per_s_fp32" in r else "")
-                                   for r in rs)
-            for side, rs in s["samples"].items()) + f". Speed part wall time: {s['wall_seconds'] / 60:.1f} min.", ""]
+        L += ["", per_repeat(s) + f" Speed part wall time: {s['wall_seconds'] / 60:.1f} min.", ""]
     stages = res.get("stages") or {}
     if stages:
         L += ["## Memory and wall time per stage", "", ("Each stage is its own process; runs' figures come from "

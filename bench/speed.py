@@ -2,12 +2,14 @@
 the plain Trainer script (bench/trainer_baseline.py --max-steps) on the same rows, alternating,
 each side its own process; medians of the repeats.
 
-medalist's inference is timed through `load_predictor` (what `make predict`, TTA and a code
-competition's kernel use) on the fold its training side just saved, in a process of its own
-(`python bench/speed.py --fold-dir …`, below): the precision it picks for a run trained with
-`cpu_bf16_training` (the minilm configs: bf16 autocast on a CPU with native bf16) and fp32
-(`MEDALIST_CPU_INFERENCE=fp32`), alternating in that one process, each after a warm-up batch.
-The Trainer's inference is `trainer.predict` after its training steps.
+Inference is timed on the fold medalist's side just saved, in a process of its own
+(`python bench/speed.py --fold-dir …`, below) that alternates three predictions of the same texts
+from the same weights, so the machine's load falls on them alike: medalist's `load_predictor` (what
+`make predict`, TTA and a code competition's kernel use) in the precision it picks for a run trained
+with `cpu_bf16_training` (the minilm configs: bf16 autocast on a CPU with native bf16), the same in
+fp32 (`MEDALIST_CPU_INFERENCE=fp32`), and the plain Trainer's `predict` as
+bench/trainer_baseline.py makes it. The Trainer script's own predict after its training steps is
+kept beside them.
 """
 from __future__ import annotations
 
@@ -58,9 +60,12 @@ def part_speed(args, data: dict, work: Path, growth_sizes: list[int]) -> dict:
                                  d / f"{side}-{rep}-inference.log")
                 timed = {**read_json(out / "inference.json"), "process": proc}
                 fit.update(infer_texts_per_s_engine=fit["infer_texts_per_s"], infer_texts_per_s=timed["texts_per_s"],
-                           infer_texts_per_s_fp32=timed["texts_per_s_fp32"], inference=timed)
-            print(f"  {side} #{rep + 1}: {samples[side][-1]['train_samples_per_s']:.2f} samples/s, "
-                  f"{samples[side][-1]['infer_texts_per_s']:.1f} texts/s", flush=True)
+                           infer_texts_per_s_fp32=timed["texts_per_s_fp32"],
+                           infer_texts_per_s_trainer=timed["texts_per_s_trainer"], inference=timed)
+            last = samples[side][-1]
+            print(f"  {side} #{rep + 1}: {last['train_samples_per_s']:.2f} samples/s, {last['infer_texts_per_s']:.1f} texts/s"
+                  + (f" (fp32 {last['infer_texts_per_s_fp32']:.1f}, Trainer.predict beside them "
+                     f"{last['infer_texts_per_s_trainer']:.1f})" if side == "medalist" else ""), flush=True)
 
     def med(side: str, key: str) -> float:
         return statistics.median(s[key] for s in samples[side])
@@ -71,23 +76,33 @@ def part_speed(args, data: dict, work: Path, growth_sizes: list[int]) -> dict:
 
     gpu = {side: max((s.get("peak_gpu_mb") or 0) for s in samples[side]) or None for side in samples}
     inf = [s["inference"] for s in samples["medalist"]]
-    fp32, t_inf = med("medalist", "infer_texts_per_s_fp32"), med("trainer", "infer_texts_per_s")
+
+    def beside_trainer(key: str, rounds: str) -> dict:
+        """Inference, both sides timed in the one inference process: medians, and as the ratio the
+        median of the per-round ratios (a round's passes run back to back, under the same load)."""
+        return {"medalist": med("medalist", key), "trainer": med("medalist", "infer_texts_per_s_trainer"),
+                "ratio": round_ratios(inf, rounds)["median"]}
+
     return {
         "steps": args.steps, "rows": rows, "infer_rows": min(args.infer_rows, len(test)), "repeats": args.repeats,
         "train_samples_per_s": pair("train_samples_per_s"),
-        "infer_texts_per_s": pair("infer_texts_per_s"),
-        "infer_texts_per_s_fp32": {"medalist": fp32, "trainer": t_inf, "ratio": fp32 / t_inf if t_inf else None},
+        "infer_texts_per_s": beside_trainer("infer_texts_per_s", "rounds"),
+        "infer_texts_per_s_fp32": beside_trainer("infer_texts_per_s_fp32", "rounds_fp32"),
+        "infer_round_ratios": {"chosen": round_ratios(inf, "rounds"), "fp32": round_ratios(inf, "rounds_fp32")},
+        "infer_texts_per_s_trainer_process": med("trainer", "infer_texts_per_s"),
         "infer_precision": inf[0]["precision"], "infer_rounds": args.infer_rounds,
+        "infer_process_seconds": statistics.median(i["process"]["wall_seconds"] for i in inf),
         "bf16_native_cpu": inf[0]["bf16_native_cpu"],
         "infer_max_abs_diff_vs_fp32": max(i["max_abs_diff_vs_fp32"] for i in inf),
-        "infer_rounds_texts_per_s": [{k: i[k] for k in ("rounds", "rounds_fp32")} for i in inf],
+        "infer_rounds_texts_per_s": [{k: i[k] for k in ("rounds", "rounds_fp32", "rounds_trainer")} for i in inf],
         "tokenize_seconds": {**pair("tokenize_seconds"), "texts": samples["medalist"][0]["n_tokenized"]},
         "peak_rss_mb": {side: max(s["process"]["peak_rss_mb"] for s in samples[side]) for side in samples},
         "peak_gpu_mb": gpu,
         "mixed_precision": {side: samples[side][0].get("mixed_precision") for side in samples},
         "device": samples["medalist"][0].get("device"),
         "samples": {side: [{k: s[k] for k in ("train_samples_per_s", "infer_texts_per_s", "infer_texts_per_s_fp32",
-                                              "infer_texts_per_s_engine", "tokenize_seconds") if k in s}
+                                              "infer_texts_per_s_trainer", "infer_texts_per_s_engine",
+                                              "tokenize_seconds") if k in s}
                            for s in samples[side]] for side in samples},
         "infer_growth": samples["medalist"][-1].get("infer_growth", []),
         "process_seconds": {side: statistics.median(s["process"]["wall_seconds"] for s in samples[side])
@@ -97,11 +112,24 @@ def part_speed(args, data: dict, work: Path, growth_sizes: list[int]) -> dict:
     }
 
 
+def round_ratios(inf: list[dict], rounds: str) -> dict:
+    """medalist's texts/s over the Trainer's, pass by pass within each round of each inference
+    process: their median, smallest and largest."""
+    r = [m / t for i in inf for m, t in zip(i[rounds], i["rounds_trainer"])]
+    return {"median": statistics.median(r), "min": min(r), "max": max(r), "n": len(r)}
+
+
 def time_inference(argv: list[str] | None = None) -> None:
-    """The child process: medalist's inference of --test-csv through `load_predictor` on --fold-dir,
-    in the precision it picks for a run trained with `cpu_bf16_training` (as the minilm configs are)
-    and in fp32 (MEDALIST_CPU_INFERENCE=fp32), alternating --rounds times after a warm-up batch each;
-    texts/s of each pass, medians and the largest probability difference between the two."""
+    """The child process: --test-csv predicted from the weights in --fold-dir three ways, alternating
+    --rounds times after a warm-up batch each, so load on the machine falls on all three alike:
+    medalist's `load_predictor` in the precision it picks for a run trained with `cpu_bf16_training`
+    (as the minilm configs are), the same in fp32 (MEDALIST_CPU_INFERENCE=fp32), and the plain
+    Trainer's `predict` as bench/trainer_baseline.py makes it (texts padded to max_length beforehand,
+    the default collator, fp32 on a CPU). Texts/s of each pass, medians, and the largest probability
+    difference between medalist's two precisions."""
+    from datasets import Dataset
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, Trainer, TrainingArguments
+
     from medalist.core import config as C
     from medalist.models import inference
     from medalist.models.registry import family_module
@@ -125,21 +153,33 @@ def time_inference(argv: list[str] | None = None) -> None:
     n_classes = int(pd.read_csv(a.train_csv)[a.label_column].max()) + 1
     test = pd.read_csv(a.test_csv)
     rows = pd.DataFrame({"id": test[a.id_column].astype(str), "text": test[a.text_column].astype(str)})
+    bs = cfg.eval_batch_size
     predictors = {}
     for knob in ("auto", "fp32"):  # read when the predictor is built
         os.environ["MEDALIST_CPU_INFERENCE"] = knob
         predictors[knob] = enc.load_predictor(cfg, Path(a.fold_dir), n_classes)
-        predictors[knob](rows.iloc[:cfg.eval_batch_size])
-    speeds: dict[str, list[float]] = {knob: [] for knob in predictors}
+    tok = AutoTokenizer.from_pretrained(a.fold_dir)
+    ds = Dataset.from_pandas(test[[a.text_column]]).map(
+        lambda b: tok(b[a.text_column], padding="max_length", truncation=True, max_length=cfg.max_length), batched=True)
+    trainer = Trainer(model=AutoModelForSequenceClassification.from_pretrained(a.fold_dir),
+                      args=TrainingArguments(output_dir=str(Path(a.out).parent / "trainer-predict"),
+                                             per_device_eval_batch_size=bs, report_to="none"))
+    sides = {"auto": lambda n: predictors["auto"](rows.iloc[:n]), "fp32": lambda n: predictors["fp32"](rows.iloc[:n]),
+             "trainer": lambda n: trainer.predict(ds.select(range(n)))}
+    for side in sides.values():
+        side(min(bs, len(rows)))
+    speeds: dict[str, list[float]] = {side: [] for side in sides}
     out: dict[str, np.ndarray] = {}
     for r in range(a.rounds):
-        for knob in (("auto", "fp32") if r % 2 == 0 else ("fp32", "auto")):
+        order = list(sides)[r % 3:] + list(sides)[:r % 3]
+        for side in (order if r % 2 == 0 else order[::-1]):
             t0 = time.perf_counter()
-            out[knob] = predictors[knob](rows)
-            speeds[knob].append(len(rows) / (time.perf_counter() - t0))
-    res = {"precision": predictors["auto"].precision, "bf16_native_cpu": inference.cpu_bf16_native(),
+            out[side] = sides[side](len(rows))
+            speeds[side].append(len(rows) / (time.perf_counter() - t0))
+    res = {"precision": predictors["auto"].precision, "bf16_native_cpu": inference.cpu_bf16_native(), "n": len(rows),
            "texts_per_s": statistics.median(speeds["auto"]), "texts_per_s_fp32": statistics.median(speeds["fp32"]),
-           "rounds": speeds["auto"], "rounds_fp32": speeds["fp32"], "n": len(rows),
+           "texts_per_s_trainer": statistics.median(speeds["trainer"]),
+           "rounds": speeds["auto"], "rounds_fp32": speeds["fp32"], "rounds_trainer": speeds["trainer"],
            "max_abs_diff_vs_fp32": float(np.abs(out["auto"] - out["fp32"]).max())}
     write_json(Path(a.out), res)
     print(res)
