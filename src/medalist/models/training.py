@@ -215,8 +215,8 @@ def predictor(adapter: Adapter, models: list[torch.nn.Module], cfg: TrainConfig)
     so saved weights give the fold's own probabilities back — a code competition's rerun compares
     them within 1e-4. That is bf16 autocast on CUDA where supported, and on a CPU that computes bf16
     natively (AVX512-BF16, AMX) for a config with `cpu_bf16_training` (the minilm configs: the
-    demo's minilm OOF and test.csv bit for bit; MiniLM 1.8× fp32's texts/s on math-subjects test
-    texts, 2 shared cores); fp32 otherwise (bf16 is emulated without those flags). A family with a
+    demo's minilm OOF and test.csv bit for bit; MiniLM 1.3–2.9× fp32's texts/s on math-subjects
+    test texts, 2 cores from heavily shared to quiet; `make bench`); fp32 otherwise (bf16 is emulated without those flags). A family with a
     prediction form of its own (`Adapter.for_inference`: images) picks its CPU precision there
     (`cpu_bf16_inference`).
     `MEDALIST_CPU_INFERENCE=fp32` keeps a CPU in fp32 whatever the config (its probabilities then
