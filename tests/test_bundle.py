@@ -30,6 +30,13 @@ def fitted(small_demo_folds, project):
     return small_demo_folds
 
 
+def _submission(project, extra: str) -> None:
+    """demo.yaml's submission mapping with `extra` keys added (e.g. "notebook: {…}")."""
+    cfg = project / "configs" / "competitions" / "demo.yaml"
+    old = "submission: {format: label, id_column: id, label_column: label, label_as: index}"
+    cfg.write_text(cfg.read_text().replace(old, old[:-1] + ", " + extra + "}"))
+
+
 def _artifacts(paths, dest):
     comp = load_competition("demo")
     manifest = bundle.artifacts(comp, paths, dest)
@@ -89,21 +96,13 @@ def test_runs_fitted_on_the_public_test_or_on_some_folds_are_refused(fitted, tmp
     with pytest.raises(UserError, match="run 'quick' trained on pseudo-labels.*allow_test_fitted"):
         bundle.artifacts(comp, fitted, tmp_path / "a1")
     (fitted.run("quick2") / "fold3" / "done.json").unlink()
-    comp_cfg = project / "configs" / "competitions" / "demo.yaml"
-    comp_cfg.write_text(comp_cfg.read_text().replace(
-        "submission: {format: label, id_column: id, label_column: label, label_as: index}",
-        "submission: {format: label, id_column: id, label_column: label, label_as: index, "
-        "notebook: {allow_test_fitted: true}}"))
+    _submission(project, "notebook: {allow_test_fitted: true}")
     with pytest.raises(UserError, match="run 'quick2' is trained on some folds only .missing fold3"):
         bundle.artifacts(load_competition("demo"), fitted, tmp_path / "a2")
 
 
 def test_a_config_asking_for_the_internet_is_one_line(project):
-    comp_cfg = project / "configs" / "competitions" / "demo.yaml"
-    comp_cfg.write_text(comp_cfg.read_text().replace(
-        "submission: {format: label, id_column: id, label_column: label, label_as: index}",
-        "submission: {format: label, id_column: id, label_column: label, label_as: index, via: notebook, "
-        "notebook: {enable_internet: true}}"))
+    _submission(project, "via: notebook, notebook: {enable_internet: true}")
     with pytest.raises(UserError, match="enable_internet: true — a code competition reruns the notebook with the internet off"):
         load_competition("demo")
 
@@ -179,11 +178,7 @@ def test_no_bundle_is_one_line(demo_folds):
 
 
 def test_a_bundle_over_its_cap_is_one_line_and_leaves_nothing(fitted, project):
-    comp_cfg = project / "configs" / "competitions" / "demo.yaml"
-    comp_cfg.write_text(comp_cfg.read_text().replace(
-        "submission: {format: label, id_column: id, label_column: label, label_as: index}",
-        "submission: {format: label, id_column: id, label_column: label, label_as: index, "
-        "notebook: {max_bundle_mb: 0.001}}"))
+    _submission(project, "notebook: {max_bundle_mb: 0.001}")
     with pytest.raises(UserError, match=r"its artifacts alone holds \d+\.\d MB, over submission.notebook.max_bundle_mb \(0.001\)"):
         bundle.run("demo")
     assert sorted(p.name for p in fitted.submission.iterdir()) == ["submission.csv", "submission.json"]

@@ -351,13 +351,7 @@ def run_on_ray(gpus: int, command: list[str], fold: Fold) -> int:
 
 @C.cli
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m medalist.core.launch", description=__doc__.splitlines()[0])
-    ap.add_argument("--gpus", type=int, default=1, help="GPUs the job needs (0: none, hide them)")
-    ap.add_argument("command", nargs=argparse.REMAINDER, help="-- then the command")
-    a = ap.parse_args(argv)
-    command = a.command[1:] if a.command[:1] == ["--"] else a.command
-    if not command or a.gpus < 0:
-        raise UserError("usage: python -m medalist.core.launch --gpus N -- COMMAND …")
+    gpus, command = slots.parse("medalist.core.launch", __doc__, argv)
     launcher = os.environ.get("LAUNCHER", "").strip() or "local"
     if launcher not in ("local", "ray"):
         raise UserError(f"LAUNCHER must be local or ray, not '{launcher}'")
@@ -366,9 +360,9 @@ def main(argv: list[str] | None = None) -> None:
         print("note: LAUNCHER=ray sends fold jobs (… --comp C --model M --folds k) to the cluster; this one runs "
               "here: " + " ".join(command), file=sys.stderr)
     if fold is None:
-        slots.run(a.gpus, command)
+        slots.run(gpus, command)
     else:
-        code = run_on_ray(a.gpus, command, fold)
+        code = run_on_ray(gpus, command, fold)
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)  # without Ray's disconnect at exit (0.3-0.5 s a job): the cluster sees the driver go either way

@@ -78,16 +78,21 @@ def run(n: int, command: list[str]) -> None:
         raise UserError(f"cannot run {command[0]}: {e.strerror}") from None
 
 
-@C.cli
-def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m medalist.core.slots", description=__doc__.splitlines()[0])
+def parse(prog: str, doc: str, argv: list[str] | None) -> tuple[int, list[str]]:
+    """`--gpus N -- COMMAND …` (this module's and core.launch's command line): (N, COMMAND)."""
+    ap = argparse.ArgumentParser(prog=f"python -m {prog}", description=doc.splitlines()[0])
     ap.add_argument("--gpus", type=int, default=1, help="GPUs the job needs (0: none, hide them)")
     ap.add_argument("command", nargs=argparse.REMAINDER, help="-- then the command")
     a = ap.parse_args(argv)
     command = a.command[1:] if a.command[:1] == ["--"] else a.command
     if not command or a.gpus < 0:
-        raise UserError("usage: python -m medalist.core.slots --gpus N -- COMMAND …")
-    run(a.gpus, command)
+        raise UserError(f"usage: python -m {prog} --gpus N -- COMMAND …")
+    return a.gpus, command
+
+
+@C.cli
+def main(argv: list[str] | None = None) -> None:
+    run(*parse("medalist.core.slots", __doc__, argv))
 
 
 if __name__ == "__main__":
