@@ -10,6 +10,7 @@ MAKEFLAGS += --no-builtin-rules
 COMP     ?= demo#            competition: configs/competitions/$(COMP).yaml
 MODELS   ?=#                 runs to train / ensemble (configs/models/<m>.yaml, or <m>+pseudo etc. for one run on its own sources); default: PRESET's
 PRESET   ?= good#            fast | good | best: MODELS by the competition's inputs and this machine (configs/presets.yaml; `make plan`)
+BUDGET   ?=#                 e.g. 45m, 3h: `make all` picks what this machine trains in that time and ends on time (medalist/budget.py)
 USE_GEN  ?= 0#               1: train on every generated source too (runs get a +gen suffix)
 GEN      ?=#                 or some of them: e.g. aug,pseudo (of aug,llm,pseudo; runs get +aug+pseudo)
 TTA      ?= 1#               1: the ensemble reads each run's tta/ (used only where it helps OOF)
@@ -37,11 +38,11 @@ BENCH_ARGS   ?=#                             e.g. --parts speed,growth  --quick 
 # User values are text, never make or shell code: each is frozen as typed (`$(value)`: make
 # expands no `$(…)` in it) and reaches programs as an environment variable ("$$FILE") or as a
 # name checked against configs/, never pasted into a command line.
-KNOBS := COMP MODELS PRESET USE_GEN GEN TTA FOLDS COMP_DIR COMP_ZIP RUN MODEL CKPT GPUS FILE ANSWERS MESSAGE TEST_DIR \
+KNOBS := COMP MODELS PRESET BUDGET USE_GEN GEN TTA FOLDS COMP_DIR COMP_ZIP RUN MODEL CKPT GPUS FILE ANSWERS MESSAGE TEST_DIR \
   BUNDLE_TORCH LAUNCHER RAY_ADDRESS BENCH_COMP BENCH_DIR BENCH_MODELS BENCH_GEN BENCH_NEURAL BENCH_ARGS
 $(foreach v,$(KNOBS),$(eval override $(v) := $$(value $(v))))
 export MODELS_GIVEN := $(MODELS)#  for `make plan`: before PRESET fills MODELS in
-export COMP_DIR COMP_ZIP CKPT GPUS FILE ANSWERS MESSAGE TEST_DIR LAUNCHER RAY_ADDRESS BENCH_COMP BENCH_DIR BENCH_MODELS BENCH_NEURAL BENCH_ARGS
+export BUDGET COMP_DIR COMP_ZIP CKPT GPUS FILE ANSWERS MESSAGE TEST_DIR LAUNCHER RAY_ADDRESS BENCH_COMP BENCH_DIR BENCH_MODELS BENCH_NEURAL BENCH_ARGS
 VENV := .venv
 PY   := $(VENV)/bin/python
 M    := src/medalist
@@ -49,7 +50,8 @@ ACCELERATE := $(VENV)/bin/accelerate launch --config_file accelerate_config.yaml
 SLOT = $(PY) -m medalist.core.launch --gpus $(1) --#  a fold job: on its own GPU(s) (core/slots.py) or a Ray task (core/launch.py)
 export PYTHONPATH := $(CURDIR)/src
 export TOKENIZERS_PARALLELISM := false
-export MEDALIST_MAKE_START := $(shell date +%s)#  the report's summary ends on this make's wall time
+export MEDALIST_MAKE_START ?= $(shell date +%s)#  the report's wall time and BUDGET's clock (kept by sub-makes)
+MEDALIST_MAKE_START := $(MEDALIST_MAKE_START)
 
 # ---------------------------------------------------------------- the plan (src/medalist/planner.py)
 # Names are checked before they reach a rule: a competition, model or run is a config that exists.
@@ -104,7 +106,9 @@ plan: | $(VENV)/.installed ## what PRESET (and each preset) resolves to for COMP
 help: ## list every target
 	@echo "usage: make <target> [COMP=demo] [MODELS=\"tfidf embed minilm\" (default: the competition's default_models)] [USE_GEN=0|1 | GEN=aug,llm,pseudo] …"
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z][a-z-]*:.*## / {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
-all: $(RAW) $(CHECKS) $(PROC) $(RUN_FILES) $(LEADERBOARD) $(ENSEMBLE) $(REPORT) ## download, check, folds, train MODELS, evaluate, ensemble, report
+$(if $(and $(BUDGET),$(filter-out all,$(MAKECMDGOALS))),$(error BUDGET=… is for `make all` only))
+all: $(if $(BUDGET),| $(VENV)/.installed,$(RAW) $(CHECKS) $(PROC) $(RUN_FILES) $(LEADERBOARD) $(ENSEMBLE) $(REPORT)) ## download, check, folds, train MODELS, evaluate, ensemble, report [BUDGET=45m: what fits, on time]
+	$(if $(BUDGET),$(PY) -m medalist.budget --comp $(COMP) --budget "$$BUDGET" --preset $(PRESET) --models "$$MODELS_GIVEN" --suffix "$(GEN_SFX)" --tta $(TTA))
 venv: $(VENV)/.installed ## create .venv from requirements.txt
 $(VENV)/.installed: requirements.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -168,7 +172,7 @@ $(LEADERBOARD): $(RUN_FILES) $(RUNS_STAMP) $(PROC) $(SRC.evaluate) | $(VENV)/.in
 ensemble: $(ENSEMBLE) ## OOF-fitted ensemble (method by nested CV) → submission/<comp>/submission.csv
 $(ENSEMBLE): $(if $(filter 1,$(TTA)),$(TTA_FILES),$(RUN_FILES)) $(RUNS_STAMP) $(PROC) configs/ensemble.yaml $(SRC.ensemble) | $(VENV)/.installed
 	$(PY) -m medalist.stages.ensemble --comp $(COMP) --runs "$(RUNS)" $(if $(filter 1,$(TTA)),--tta)
-$(REPORT): $(ENSEMBLE) $(LEADERBOARD) $(CHECKS) $(SRC.report) | $(VENV)/.installed
+$(REPORT): $(ENSEMBLE) $(LEADERBOARD) $(CHECKS) $(SRC.report) $(wildcard $(R)/budget.json) | $(VENV)/.installed
 	$(PY) -m medalist.stages.report --comp $(COMP) --runs "$(RUNS)"
 report: $(ENSEMBLE) $(LEADERBOARD) $(CHECKS) | $(VENV)/.installed ## rebuild results/<comp>/report.html (+ report.md)
 	$(PY) -m medalist.stages.report --comp $(COMP) --runs "$(RUNS)"

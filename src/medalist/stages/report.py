@@ -7,6 +7,7 @@ Reads   results/<comp>/checks.md + images/<comp>/checks_*.png (if present), each
         data/processed/<comp>/train.csv (and, for an image competition, the images of the most
         confident OOF mistakes), submission/<comp>/submission.csv checked against
         data/raw/<comp>/sample_submission.csv, submission/<comp>/ledger.csv (if present),
+        results/<comp>/budget.json + budget.md (if `make all BUDGET=…` wrote them for these runs),
         $MEDALIST_MAKE_START (the Makefile's start time, for the wall time; optional)
 Writes  results/<comp>/report.html (images inlined as base64 — the checks' contact sheet and, for an
         image competition, thumbnails of the most confident OOF mistakes per class —, inline CSS, no
@@ -333,6 +334,23 @@ def _ledger(page: Page, paths: Paths) -> None:
                      led[cols].to_numpy().tolist()))
 
 
+def budget_record(paths: Paths, runs: list[str]) -> dict | None:
+    """results/<comp>/budget.json when it describes these runs (`make all BUDGET=…` wrote it)."""
+    path = paths.results / "budget.json"
+    if not path.exists():
+        return None
+    rec = read_json(path)
+    return rec if sorted(rec.get("runs", [])) == sorted(runs) else None
+
+
+def _budget(page: Page, paths: Paths, runs: list[str]) -> None:
+    rec = budget_record(paths, runs)
+    if rec is None:
+        return
+    page.heading("Budget")
+    page.markdown((paths.results / "budget.md").read_text(encoding="utf-8"), below=2)
+
+
 def _submission_status(comp: Competition, paths: Paths, sub: Path) -> str:
     """Checked here again, by the validator `make submit` runs, as it lies on disk now."""
     if not sub.exists():
@@ -375,6 +393,11 @@ def summary(comp: Competition, paths: Paths, runs: list[str], metrics: dict[str,
     wall = _wall_time()
     if wall:
         rows.append(("wall time", wall))
+    rec = budget_record(paths, runs)
+    if rec:
+        out = [r["name"] for r in rec["table"] if r["name"] not in rec["runs"]]
+        rows.append(("budget", f"BUDGET={rec['budget']}: bought {' '.join(rec['runs'])}"
+                               + (f"; left out {' '.join(out)}" if out else "") + f"; {rec['note']}"))
     width = max(len(k) for k, _ in rows)
     return "\n".join([f"== {comp.name}: done =="] + [f"{k:<{width}}  {v}" for k, v in rows])
 
@@ -398,6 +421,7 @@ def run(comp_name: str, runs: list[str]) -> Path:
     name, proba = _best_predictions(paths, runs, metrics, ens, comp.metric, train)
     _confusion(page, paths, name, proba, train["label"].to_numpy(), labels)
     _mistakes(page, name, proba, train, labels)
+    _budget(page, paths, runs)
     _ledger(page, paths)
     md, page_html = page.render(f"medalist report — {comp.name}")
     write_text(paths.results / "report.md", md)

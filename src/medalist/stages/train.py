@@ -71,28 +71,10 @@ def run(comp_name: str, model: str, use_gen: bool = False, folds: list[int] | No
     run's files from its finished folds (a fold not finished under this config is an error)."""
     comp = load_competition(comp_name)
     paths = Paths(comp.name)
-    mod, cfg = load_model_config(model, comp)
-    name = run_name(model, use_gen, gen_sources)
-    run_dir = paths.run(name)
     state = _state()
     train, test = read_processed(paths)
-    with_gen = use_gen or bool(gen_sources)
-    cols = ["id", *_inputs(comp, model, cfg, train, with_gen)]
-    gen = generated.read_train_rows(paths, generated.SOURCES if use_gen else gen_sources) if with_gen else None
-
-    resolved = {"run": name, "competition": comp.name, "use_gen": use_gen, "model": C.to_dict(cfg),
-                # new processed tables (other data, cleaning or folds), a replaced image or new code of the
-                # family (`core.cache`) retrain every fold: a finished fold of the old is not a fold of the new
-                "data_digest": key(file_digest(paths.processed / "train.csv"), file_digest(paths.processed / "test.csv"),
-                                   _image_digests(train, test) if "image" in cols else None),
-                "source_digest": source_digest(mod.__name__)}
-    if gen is not None:  # new generated rows retrain the folds; unchanged ones keep them
-        resolved["generated"] = {"sources": sorted(set(generated.kind(gen["source"]))), "rows": len(gen),
-                                 "digest": generated.digest(gen),
-                                 "near_dup_threshold": comp.folds.near_dup_threshold}
-    if isinstance(cfg, Tokenized) and (pre := pretrain_key(cfg.backbone, comp.name)):  # a new pretraining retrains too
-        resolved["pretrain_key"] = pre
-    cfg_hash = hashlib.sha256(json.dumps(resolved, sort_keys=True).encode()).hexdigest()[:16]
+    mod, cfg, name, cols, gen, resolved, cfg_hash = resolve_run(comp, paths, model, use_gen, gen_sources, train, test)
+    run_dir = paths.run(name)
     n_folds = int(train["fold"].max()) + 1
     todo = list(range(n_folds)) if folds is None else folds
     bad = [k for k in todo if k not in range(n_folds)]
@@ -160,6 +142,33 @@ def run(comp_name: str, model: str, use_gen: bool = False, folds: list[int] | No
                        for k in range(n_folds))
         print(f"[{name}] {finished}/{n_folds} folds done; `make train` without FOLDS finishes the run")
     return run_dir
+
+
+def resolve_run(comp, paths: Paths, model: str, use_gen: bool, gen_sources: tuple[str, ...],
+                train: pd.DataFrame, test: pd.DataFrame):
+    """What one run is: its family module, config, name, input columns, generated rows, the
+    resolved record (config.yaml) and the hash a finished fold carries (`make all BUDGET=`
+    reads it too: a fold finished under this hash costs nothing)."""
+    mod, cfg = load_model_config(model, comp)
+    name = run_name(model, use_gen, gen_sources)
+    with_gen = use_gen or bool(gen_sources)
+    cols = ["id", *_inputs(comp, model, cfg, train, with_gen)]
+    gen = generated.read_train_rows(paths, generated.SOURCES if use_gen else gen_sources) if with_gen else None
+
+    resolved = {"run": name, "competition": comp.name, "use_gen": use_gen, "model": C.to_dict(cfg),
+                # new processed tables (other data, cleaning or folds), a replaced image or new code of the
+                # family (`core.cache`) retrain every fold: a finished fold of the old is not a fold of the new
+                "data_digest": key(file_digest(paths.processed / "train.csv"), file_digest(paths.processed / "test.csv"),
+                                   _image_digests(train, test) if "image" in cols else None),
+                "source_digest": source_digest(mod.__name__)}
+    if gen is not None:  # new generated rows retrain the folds; unchanged ones keep them
+        resolved["generated"] = {"sources": sorted(set(generated.kind(gen["source"]))), "rows": len(gen),
+                                 "digest": generated.digest(gen),
+                                 "near_dup_threshold": comp.folds.near_dup_threshold}
+    if isinstance(cfg, Tokenized) and (pre := pretrain_key(cfg.backbone, comp.name)):  # a new pretraining retrains too
+        resolved["pretrain_key"] = pre
+    cfg_hash = hashlib.sha256(json.dumps(resolved, sort_keys=True).encode()).hexdigest()[:16]
+    return mod, cfg, name, cols, gen, resolved, cfg_hash
 
 
 def _image_digests(train: pd.DataFrame, test: pd.DataFrame) -> str:
