@@ -500,7 +500,7 @@ class Driver:
                 seen = len(done)
                 per = (now - t_start) / max(1, seen - before)
                 self.say(f"{run.name}: {seen}/{n} folds; {self.eta(queued, per * (n - seen))}")
-            if now > end:
+            if now > end - 5.0:  # stopping takes a few seconds too
                 stop = "its deadline passed"
             elif seen > before and now + (now - t_start) / (seen - before) * (n - seen) > end + (
                     0.15 * (end - t_start) if seen - before == 1 else 0.0):  # one fold's pace is a rough guide
@@ -608,7 +608,7 @@ class Driver:
 
 def _kill(p: subprocess.Popen) -> None:
     """Stop make and every fold job under it (its own session); make deletes half-written targets."""
-    for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, 5)):
+    for sig, wait in ((signal.SIGTERM, 5), (signal.SIGKILL, 5)):
         try:
             os.killpg(p.pid, sig)
         except ProcessLookupError:
