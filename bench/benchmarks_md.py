@@ -1,6 +1,7 @@
 """BENCHMARKS.md from bench/results.json: machine, commands, goals met or not, and a table per part."""
 from __future__ import annotations
 
+import budget
 import dedup
 import images
 import scale
@@ -243,6 +244,7 @@ def render(res: dict) -> str:
     L += dedup.render(res.get("dedup") or {})
     L += validation.render(res.get("validation") or {})
     L += scale.render(res.get("scale") or {})
+    L += budget.render(res.get("budget") or {})
     gpu_check = res.get("gpu_check")
     if gpu_check:
         L += gpu_section(gpu_check)

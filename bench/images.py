@@ -62,7 +62,8 @@ def stage_plan(comp: str, runs: list[str]) -> list[tuple[str, str]]:
 def make_env() -> dict[str, str]:
     """The bench's environment without what an enclosing `make bench` passes down: its flags and
     command-line variables must not reach the competition's own make."""
-    drop = {"MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES", "FOLDS", "MODELS", "COMP", "COMP_DIR", "COMP_ZIP"}
+    drop = {"MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES", "FOLDS", "MODELS", "COMP", "COMP_DIR", "COMP_ZIP",
+            "MEDALIST_MAKE_START", "BUDGET"}
     return {k: v for k, v in os.environ.items() if k not in drop}
 
 

@@ -25,6 +25,8 @@ Parts (--parts, default all):
            (after the images part, whose `make all` builds --image-comp's runs).
   scale    (bench/scale.py) make train -j1 against -j2 for 2 runs × 5 folds on the demo: wall-time
            ratio and byte-identical results.
+  budget   (bench/budget.py) `make all BUDGET=…` from cold for each --budget-points entry: wall time
+           against the budget, what it bought, the submission's test score; a table and bench/budget.png.
   images   (= images-speed + images-quality; bench/images.py) an image competition (--image-comp,
            fashion-products) end to end: `make all` stage by stage with wall time and peak RSS per
            stage, test accuracy / macro-F1 of each run and of the ensemble beside SOURCE.md's
@@ -66,6 +68,7 @@ from memory_growth import part_growth, plot_growth, stage_table
 from processes import BENCH, REPO
 from quality import part_quality
 from scale import part_scale
+from budget import parse_points, part_budget
 from speed import part_speed
 from validation import part_validation
 
@@ -98,8 +101,11 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--runs", default="tfidf embed minilm", help="BENCH_MODELS: the runs `make all` built")
     ap.add_argument("--model", default="minilm", help="the neural model config of the A/B and the Trainer reference")
     ap.add_argument("--model-config", type=Path, help="default: configs/models/<model>.yaml")
-    ap.add_argument("--parts", default="quality,speed,growth,images,dedup,validation,scale",
-                    help="of quality, speed, growth, images (= images-speed,images-quality), dedup, validation, scale")
+    ap.add_argument("--parts", default="quality,speed,growth,images,dedup,validation,scale,budget",
+                    help="of quality, speed, growth, images (= images-speed,images-quality), dedup, validation, scale, budget")
+    ap.add_argument("--budget-points", default="math-subjects=20m,60m,180m;fashion-products=20m",
+                    help="the budget part's points: competition=budget,… ; … (each --comp or --image-comp)")
+    ap.add_argument("--budget-redo", action="store_true", help="measure a point again at the same commit")
     ap.add_argument("--steps", type=int, default=10, help="optimizer steps per speed run")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--infer-rows", type=int, default=512)
@@ -130,10 +136,11 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     a.parts = set(a.parts.split(","))
     if "images" in a.parts:
         a.parts = (a.parts - {"images"}) | {"images-speed", "images-quality"}
-    unknown = a.parts - {"quality", "speed", "growth", "images-speed", "images-quality", "dedup", "validation", "scale"}
+    unknown = a.parts - {"quality", "speed", "growth", "images-speed", "images-quality", "dedup", "validation", "scale",
+                         "budget"}
     if unknown:
         raise UserError(f"--parts: unknown part(s) {sorted(unknown)} (quality, speed, growth, images, "
-                        f"images-speed, images-quality, dedup, validation, scale)")
+                        f"images-speed, images-quality, dedup, validation, scale, budget)")
     if min(a.repeats, a.steps, a.infer_rounds, a.image_repeats, a.image_steps, a.image_infer_rows) < 1:
         raise UserError("--repeats, --steps, --infer-rounds and the --image-… counts must be at least 1")
     if a.image_workers < 0:
@@ -200,6 +207,10 @@ def main(argv: list[str] | None = None) -> None:
         res["validation"] = part_validation(a, work / "validation", res.get("images"), stamps.get("images-quality"))
     if "scale" in a.parts:
         res["scale"] = part_scale(C.root() / "results" / "bench-scale")
+    if "budget" in a.parts:
+        dirs = {comp.name: a.comp_dir.resolve(), a.image_comp: a.image_dir}
+        res["budget"] = part_budget(parse_points(a.budget_points, dirs), dirs, C.root() / "results" / "bench-budget",
+                                    res.get("budget"), res["git_sha"], a.budget_redo)
 
     q, s = res.get("quality") or {}, res.get("speed") or {}
     for key in ("ensemble_test_micro_f1", "ensemble_test_macro_f1", "best_single_test_micro_f1", "tfidf_test_micro_f1",
@@ -222,7 +233,8 @@ def main(argv: list[str] | None = None) -> None:
         # each images part's own command: a part not rerun keeps the one that measured it
         cmds = res["images"].setdefault("bench_commands", {})
         cmds.update({part: cmd for part in sorted(a.parts & {"images-speed", "images-quality"})})
-    res.setdefault("part_commands", {}).update({part: cmd for part in sorted(a.parts & {"dedup", "validation", "scale"})})
+    res.setdefault("part_commands", {}).update({part: cmd for part in sorted(a.parts & {"dedup", "validation", "scale",
+                                                                                          "budget"})})
     gpu_file = BENCH / "gpu_check.json"  # written on a GPU box by bench/gpu_check.py
     if gpu_file.exists():
         res["gpu_check"] = json.loads(gpu_file.read_text())

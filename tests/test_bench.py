@@ -571,3 +571,18 @@ def test_scale_part_renders_the_ratio_and_whether_results_match(monkeypatch):
     md = "\n".join(scale.render(s))
     assert "## Scale" in md and "| train wall s | 90.0 | 60.0 | 1.50× |" in md
     assert "byte-identical between -j1 and -j2: yes" in md
+
+
+def test_budget_part_reads_its_points_and_renders_wall_time_against_the_budget(monkeypatch, tmp_path):
+    budget = _bench_module(monkeypatch, "budget")
+    dirs = {"math-subjects": tmp_path, "fashion-products": tmp_path}
+    assert budget.parse_points("math-subjects=20m,1h; fashion-products=20m", dirs) == [
+        ("math-subjects", "20m"), ("math-subjects", "1h"), ("fashion-products", "20m")]
+    with pytest.raises(SystemExit, match="no folder for 'cifar'"):
+        budget.parse_points("cifar=20m", dirs)
+    point = {"comp": "math-subjects", "budget": "20m", "budget_seconds": 1200.0, "git_sha": "abc", "wall_seconds": 1290.0,
+             "cpu_seconds": 2000.0, "load_avg_15min": 2.1, "metric": "micro_f1", "runs": ["tfidf", "embed"],
+             "left_out": ["minilm"], "tta": False, "probe_seconds": 95.0, "test": {"micro_f1": 0.7912}}
+    md = "\n".join(budget.render({"points": {"math-subjects@20m": point}}))
+    assert "## Budget" in md
+    assert "| math-subjects | 20m | 21m30s (108%) | no | 0.7912 | tfidf embed | minilm | off | 1m35s | 2.1 | `abc` |" in md
