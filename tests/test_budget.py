@@ -101,14 +101,25 @@ def test_a_run_on_pseudo_labels_is_left_out_until_it_is_finished(demo_folds, mon
     assert h is None and "pseudo-labels, whose cost the budget does not estimate yet" in why
 
 
-def test_the_probe_times_slices_and_extrapolates_to_a_fold(small_demo_folds, project):
-    recs = budget.probe("demo", ["quick", "nope"], cap_s=60.0, target_s=0.5)
+def test_the_probe_costs_a_linear_family_from_a_quarter_of_the_rows(small_demo_folds, project):
+    recs = budget.probe("demo", ["quick", "nope"], cap_s=60.0)
     assert recs[0]["overhead_s"] >= 0 and "probe_s" in recs[-1]
     quick = next(r for r in recs if r.get("model") == "quick")
-    assert len(quick["slice_s"]) >= 2 and quick["fractions"] == sorted(quick["fractions"])
-    assert sum(quick["fractions"]) <= 1.0  # disjoint slices of the fold's rows
-    assert quick["fold_s"] >= max(quick["slice_s"]) and not quick.get("lower_bound")
+    (w, f_b), (t_a, t_b) = quick["fractions"], quick["slice_s"]
+    assert w == 48 / 240 and f_b == 2 * w and w + f_b <= 1.0  # disjoint slices (a quarter, or twice A's share)
+    assert quick["fold_s"] >= t_b / f_b and not quick.get("lower_bound") and not quick.get("engine")
     assert "unknown model 'nope'" in next(r for r in recs if r.get("model") == "nope")["error"]
+
+
+def test_the_probe_costs_a_neural_engine_from_its_steady_step_pace(demo_folds, project, tiny_models):
+    (project / "configs" / "models" / "tinybert.yaml").write_text(
+        f"family: encoder\nbackbone: {tiny_models['bert']}\nmax_length: 32\nbatch_size: 8\nepochs: 2\n")
+    (rec,) = [r for r in budget.probe("demo", ["tinybert"], cap_s=120.0) if r.get("model") == "tinybert"]
+    assert rec["engine"] and rec["step_s"] > 0 and rec["fixed_s"] >= 0
+    n_train = 1224  # fold 0's training rows: 153 steps of 8 an epoch
+    assert rec["steps"] == 153 * 2
+    assert rec["fold_s"] >= rec["steps"] * rec["step_s"] + rec["predict_s"]
+    assert rec["fractions"] == [48 / n_train]
 
 
 def _make(root, *args, timeout=900):

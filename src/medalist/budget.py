@@ -6,9 +6,7 @@ The clock starts with make (MEDALIST_MAKE_START). In order:
    (`medalist.presets`), then configs/presets.yaml's cheaper `budget.extras`;
 3. each candidate's cost on this machine: nothing for a run whose folds are finished under its
    current config; else its folds' measured seconds where any finished (`done.json`); else a timed
-   probe — fold-0 fits on disjoint slices of 2%, 4%, 8% … of its rows (and of validation and test
-   rows) until a slice takes about 0.5% of the budget, extrapolated along the line through the last
-   two —, cached in .make/speed/<machine>.json per config
+   probe (`probe`: fold-0 fits on slices of its rows, at most 4% of the budget a model), cached in .make/speed/<machine>.json per config
    hash (which covers the config, the data and the family's code) and replaced by measured
    seconds as folds finish. Probes run inside the budget;
 4. the choice, best expected score first: each candidate in order, at its own config or else at
@@ -50,8 +48,7 @@ from medalist.core import config as C
 from medalist.core.config import Paths, UserError
 
 UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0}
-PROBE_FRACTION = 0.02  # of a fold's training rows (at least PROBE_MIN_ROWS), then twice as many
-PROBE_MIN_ROWS = 48
+PROBE_MIN_ROWS = 48  # slice A's training rows at least (and six optimizer steps an epoch)
 DEFAULT_JOB_OVERHEAD_S = 8.0  # a fold job's own cost beyond its fit (two Python start-ups, reading the
 # tables, writing predictions), until a run trained here measures it
 MERGE_S = 6.0  # a run's merge (`train --merge`) and make's own start-up
@@ -126,16 +123,16 @@ def _stratified_order(df, seed: int = 0):
     return sh.assign(_o=g.cumcount() / g["label"].transform("size")).sort_values("_o", kind="stable").drop(columns="_o")
 
 
-def probe(comp_name: str, models: list[str], cap_s: float, target_s: float = 5.0) -> list[dict]:
-    """Time each model's fold-0 fit on disjoint slices of its rows (2%, 4%, 8% … of training,
-    validation and test rows, until a slice takes target_s) and extrapolate the line through the last
-    two to the whole fold, capped by the proportional bound. A slice that runs past cap_s is
-    stopped: with no slice finished, the estimate is a lower bound."""
-    import tempfile
-
+def probe(comp_name: str, models: list[str], cap_s: float) -> list[dict]:
+    """Each model's fold 0, fitted on slices of its rows (training, validation and test alike),
+    extrapolated to the whole fold. Slice A is small (48 rows, or six optimizer steps an epoch). A
+    neural engine is costed from A's steady pace — the median optimizer step after the first two,
+    times the fold's steps — plus its set-up and its prediction rate. Any other family fits slice B,
+    a quarter of the rows, and is costed as B scaled to the fold plus what A paid beyond its rows
+    (imports, loading a backbone: every fold job pays them). All within cap_s: a fit stopped there
+    gives a lower bound."""
     from medalist.core.competition import load_competition
     from medalist.core.io import read_processed
-    from medalist.models import FoldData
     from medalist.stages.train import resolve_run
 
     t_start = time.time()
@@ -155,78 +152,89 @@ def probe(comp_name: str, models: list[str], cap_s: float, target_s: float = 5.0
         if cfg.max_train_rows and len(tr_all) > cfg.max_train_rows:
             tr_all = tr_all.sample(n=cfg.max_train_rows, random_state=cfg.seed)
         va_all, n = train[train["fold"] == 0], len(tr_all)
-        w = min(PROBE_MIN_ROWS / n, 0.1)  # the warm-up slice: what a fold job pays once (imports, first load)
-        f0 = min(max(2 * PROBE_MIN_ROWS, math.ceil(PROBE_FRACTION * n)) / n, 0.2)
         seed = int(time.time() * 1000) % 2**31  # other rows than the last probe's: no cache answers for them
         tr, va, te = (_stratified_order(d, seed) for d in (tr_all, va_all, test))
         rec["seed"] = seed
-        fracs, times, predicts, variable, lo, used = [], [], [], [], 0.0, 0.0
-        try:  # disjoint slices: warm-up, then f0, 2 f0, 4 f0 … until one takes target_s (or the rows run out)
-            while len(fracs) < 6:
-                f = w if not fracs else f0 * 2 ** (len(fracs) - 1)
-                if lo + f > 1.0:
-                    break
-                part = [d.iloc[int(round(lo * len(d))): max(int(round(lo * len(d))) + 8, int(round((lo + f) * len(d))))]
-                        for d in (tr, va, te)]
-                fold = FoldData(fold=0, n_classes=comp.n_classes, train=part[0][cols].reset_index(drop=True),
-                                train_labels=part[0]["label"].to_numpy(), val=part[1][cols].reset_index(drop=True),
-                                val_labels=part[1]["label"].to_numpy(), test=part[2][cols].reset_index(drop=True),
-                                metric=comp.metric, log_dir=None, data_dir=paths.processed)
-                (C.root() / ".make").mkdir(exist_ok=True)
-                with tempfile.TemporaryDirectory(dir=C.root() / ".make") as tmp:
-                    signal.signal(signal.SIGALRM, _raise_timeout)
-                    signal.setitimer(signal.ITIMER_REAL, max(1.0, cap_s - used))
-                    t0 = time.time()
-                    try:
-                        res = mod.fit_fold(cfg, fold, Path(tmp))
-                    finally:
-                        signal.setitimer(signal.ITIMER_REAL, 0)
-                    times.append(time.time() - t0)
-                    predicts.append(float(res.info.get("predict_seconds", 0.0)))
-                    variable.append(_variable_s(res.info, len(part[0])))
-                fracs.append(f)
-                used += times[-1]
-                lo += f
-                # two measured slices at least; then grow while the last is short of target_s, and
-                # the next one (about twice as long) still fits the cap
-                if len(times) >= 2 and (used + 2.2 * times[-1] > cap_s or (len(times) >= 3 and times[-1] >= target_s)):
-                    break
-        except _Timeout:
-            rec["capped"] = True
-        rec.update(fractions=fracs, slice_s=times)
-        rec["variable_s"] = variable
-        if len(times) >= 2 and variable[0] is not None and variable[-1] is not None and fracs[-1] < 0.15:
-            # small slices only (a slow family): the fixed part of the warm-up (start-up, loading, set-up,
-            # paid by every fold job) plus the fitting and predicting of the last slice, scaled to the fold
-            once = max(0.0, times[0] - variable[0])
-            rec["fold_s"] = once + variable[-1] / fracs[-1]
-            rec["predict_s"] = predicts[-1] / fracs[-1]
-        elif len(times) >= 2:  # the line through the last two slices at the whole fold, plus the warm-up's extra
-            (fa, fb), (ta, tb), (pa, pb) = fracs[-2:], times[-2:], predicts[-2:]
-            slope = max(0.0, (tb - ta) / (fb - fa))
-            once = max(0.0, times[0] - (ta + slope * (fracs[0] - fa))) if len(times) >= 3 else 0.0
-            rec["fold_s"] = once + min(max(tb, ta + slope * (1 - fa)), tb / fb)  # at most: all scales with the rows
-            rec["predict_s"] = min(max(pb, pa + max(0.0, (pb - pa) / (fb - fa)) * (1 - fa)), pb / fb)
-        elif times and variable[0] is not None:  # the warm-up only: its fixed part, its variable part scaled
-            rec["fold_s"] = times[0] - variable[0] + variable[0] / fracs[0]
-            rec["predict_s"] = predicts[0] / fracs[0]
-        elif times:  # the warm-up only, no split: everything scaled with the rows (an upper bound)
-            rec["fold_s"], rec["predict_s"] = times[-1] / fracs[-1], predicts[-1] / fracs[-1]
-        else:  # not even the warm-up within the cap: at least this much
-            rec["fold_s"], rec["predict_s"], rec["lower_bound"] = cap_s / max(w, 1e-9), 0.0, True
+        batch = int(getattr(cfg, "batch_size", 0) or 0) * int(getattr(cfg, "grad_accum", 1) or 1)
+        w = min(max(PROBE_MIN_ROWS, 6 * batch) / n, 0.25)  # slice A: six optimizer steps an epoch at least
+        t0, used = time.time(), 0.0
+        try:
+            t_a, info_a, steps = _fit_slice(mod, cfg, comp, cols, paths, (tr, va, te), 0.0, w, cap_s)
+        except _Timeout as e:
+            t_a, info_a, steps = None, None, e.args[0] if e.args else []
+        used = time.time() - t0
+        rec.update(fractions=[w], slice_s=[t_a])
+        if len(steps) >= 4:  # a neural engine: its steady pace (the median step after the first two)
+            s_step = _median([b - a for a, b in zip(steps[2:], steps[3:])] or [steps[-1] - steps[-2]])
+            epochs = float(getattr(cfg, "epochs", 1) or 1)
+            steps_full = math.ceil(n / max(1, batch)) * epochs * len(getattr(cfg, "seeds", None) or [0])
+            rows_a = (max(8, round(w * len(va))), max(8, round(w * len(te))))
+            if info_a is not None:
+                pred_row = float(info_a.get("predict_seconds", 0.0)) / sum(rows_a)
+                fixed = max(0.0, t_a - len(steps) * s_step - pred_row * (sum(rows_a) + epochs * rows_a[0]))
+            else:  # stopped at the cap: prediction as a third of a training step a row, set-up until the first step
+                pred_row, fixed = s_step / max(1, batch) / 3, steps[0] - t0
+            rec.update(step_s=s_step, steps=steps_full, fixed_s=fixed, engine=True)
+            rec["predict_s"] = pred_row * (len(va) + len(te))
+            rec["fold_s"] = fixed + steps_full * s_step + rec["predict_s"] + pred_row * epochs * len(va)
+        elif t_a is None:  # not even slice A within the cap: at least this much
+            rec["fold_s"], rec["predict_s"], rec["lower_bound"] = cap_s / w, 0.0, True
+        else:  # slice B, a quarter of the rows (or what is left of the cap): all scales with the rows from there
+            f_b = max(0.25, 2 * w) if w + max(0.25, 2 * w) <= 1 else 1 - w
+            try:
+                t_b, info_b, _ = _fit_slice(mod, cfg, comp, cols, paths, (tr, va, te), w, f_b, max(1.0, cap_s - used))
+                once = max(0.0, t_a - t_b * w / f_b)  # what slice A paid beyond its rows: every fold job pays it
+                rec.update(fractions=[w, f_b], slice_s=[t_a, t_b], fold_s=once + t_b / f_b,
+                           predict_s=float(info_b.get("predict_seconds", 0.0)) / f_b)
+            except _Timeout:
+                rec.update(fractions=[w, f_b], fold_s=max(cap_s - used, 1.0) / f_b + t_a,
+                           predict_s=float(info_a.get("predict_seconds", 0.0)) / w, lower_bound=True)
         out.append(rec)
     out.append({"probe_s": time.time() - t_start})
     return out
 
 
-def _variable_s(info: dict, n_train: int) -> float | None:
-    """The part of a fit that grows with its rows, where the family reports it (the neural engine's
-    throughput): training plus predicting. Other families' fit_seconds include loading a backbone."""
-    pred = float(info.get("predict_seconds", 0.0))
-    sps, epochs = info.get("train_samples_per_s"), info.get("epochs_run")
-    if sps and epochs:
-        return n_train * float(epochs) / float(sps) + pred
-    return None
+def _median(xs: list[float]) -> float:
+    xs = sorted(xs)
+    return xs[len(xs) // 2] if len(xs) % 2 else (xs[len(xs) // 2 - 1] + xs[len(xs) // 2]) / 2
+
+
+def _fit_slice(mod, cfg, comp, cols, paths, tables, lo: float, f: float, cap_s: float):
+    """One fit of the family on the slice [lo, lo + f) of the (shuffled) training, validation and
+    test rows, stopped by SIGALRM after cap_s: (seconds, info, optimizer step times). A stopped fit
+    raises _Timeout carrying the step times seen."""
+    import tempfile
+
+    from medalist.models import FoldData
+
+    part = [d.iloc[int(round(lo * len(d))): max(int(round(lo * len(d))) + 8, int(round((lo + f) * len(d))))]
+            for d in tables]
+    fold = FoldData(fold=0, n_classes=comp.n_classes, train=part[0][cols].reset_index(drop=True),
+                    train_labels=part[0]["label"].to_numpy(), val=part[1][cols].reset_index(drop=True),
+                    val_labels=part[1]["label"].to_numpy(), test=part[2][cols].reset_index(drop=True),
+                    metric=comp.metric, log_dir=None, data_dir=paths.processed)
+    steps: list[float] = []
+    hook = None
+    if "torch" in sys.modules:  # a torch family: the time of every optimizer step, for its steady pace
+        from torch.optim.optimizer import register_optimizer_step_post_hook
+
+        hook = register_optimizer_step_post_hook(lambda *a: steps.append(time.time()))
+    (C.root() / ".make").mkdir(exist_ok=True)
+    t0 = time.time()
+    try:
+        with tempfile.TemporaryDirectory(dir=C.root() / ".make") as tmp:
+            signal.signal(signal.SIGALRM, _raise_timeout)
+            signal.setitimer(signal.ITIMER_REAL, cap_s)
+            try:
+                res = mod.fit_fold(cfg, fold, Path(tmp))
+            except _Timeout:
+                raise _Timeout(list(steps)) from None
+            finally:
+                signal.setitimer(signal.ITIMER_REAL, 0)
+    finally:
+        if hook is not None:
+            hook.remove()
+    return time.time() - t0, res.info, steps
 
 
 def _raise_timeout(signum, frame):
@@ -401,9 +409,8 @@ class Driver:
         if not todo:
             return
         cap = max(30.0, 0.04 * self.budget_s)
-        target = min(15.0, max(3.0, 0.005 * self.budget_s))
         models = [r.name.split("+")[0] for r in todo]
-        self.say(f"probing {' '.join(models)} (fold-0 fits on 2%, 4% … of its rows; at most {fmt(cap)} a model)")
+        self.say(f"probing {' '.join(models)} (fold-0 fits on slices of its rows; at most {fmt(cap)} a model)")
         t = time.time()
         e = {**os.environ, "PYTHONPATH": str(C.root() / "src")}
         log = self.paths.logs / "budget_probe.log"
@@ -412,8 +419,7 @@ class Driver:
         result.unlink(missing_ok=True)
         with open(log, "w", encoding="utf-8") as fh:
             rc = subprocess.run([sys.executable, "-m", "medalist.budget", "probe", "--comp", self.comp.name,
-                                 "--models", " ".join(models), "--cap", str(cap), "--target", str(target),
-                                 "--out", str(result)],
+                                 "--models", " ".join(models), "--cap", str(cap), "--out", str(result)],
                                 cwd=C.root(), env=e, stdout=fh, stderr=subprocess.STDOUT).returncode
         self.probe_s += time.time() - t
         if rc != 0 or not result.exists():
@@ -476,6 +482,22 @@ class Driver:
             pick.decision = "planned" if pick is r else f"planned smaller, instead of {r.name} (about {fmt(r.estimate_s)})"
             chosen.append(pick)
         return chosen
+
+    def take_back(self, queue: list[Run]) -> None:
+        """Runs left out for want of room, taken back (cheapest first) where the time the runs so far
+        saved makes room for them now, at the pace so far."""
+        for r in sorted((r for r in self.left if r.decision.startswith("left out: about") and r.estimate_s is not None),
+                        key=lambda r: r.estimate_s):
+            if any(q.name == r.name for q in (*self.runs, *queue)):
+                continue
+            room = self.left_s() - self.reserve_s - self.final_s(len(self.runs) + len(queue) + 1) - sum(
+                q.estimate_s * self.ratio for q in queue)
+            if r.estimate_s * self.ratio <= room:
+                self.left.remove(r)
+                r.decision = f"planned once earlier runs left room (about {fmt(r.estimate_s * self.ratio)} at the pace so far)"
+                self.say(f"{r.name}: {r.decision}")
+                queue.append(r)
+                queue.sort(key=lambda q: q.estimate_s)
 
     def eta(self, queued: list[Run], current_left: float = 0.0) -> str:
         rest = current_left + sum(r.estimate_s for r in queued) * self.ratio + self.final_s(len(self.runs))
@@ -553,6 +575,7 @@ class Driver:
                 continue
             if self.train(run, queue):
                 self.runs.append(run)
+                self.take_back(queue)
                 continue
             self.left.append(run)
             room = self.deadline - time.time() - self.reserve_s - self.final_s(len(self.runs) + 1) - sum(q.estimate_s for q in queue)
@@ -633,12 +656,11 @@ def main(argv: list[str] | None = None) -> None:
         ap.add_argument("--comp", required=True)
         ap.add_argument("--models", required=True)
         ap.add_argument("--cap", type=float, default=60.0)
-        ap.add_argument("--target", type=float, default=5.0)
         ap.add_argument("--out", required=True, help="the JSON list of results")
         a = ap.parse_args(args[1:])
         from medalist.core.io import write_json
 
-        write_json(Path(a.out), probe(a.comp, a.models.split(), a.cap, a.target))
+        write_json(Path(a.out), probe(a.comp, a.models.split(), a.cap))
         return
     ap = argparse.ArgumentParser(prog="python -m medalist.budget", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
