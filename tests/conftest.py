@@ -12,19 +12,46 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture
-def project(tmp_path, monkeypatch):
-    """MEDALIST_ROOT → tmp_path, configs copied there (tests may edit them freely)."""
-    shutil.copytree(REPO / "configs", tmp_path / "configs")
-    monkeypatch.setenv("MEDALIST_ROOT", str(tmp_path))
-    monkeypatch.setenv("MEDALIST_CONFIGS", str(tmp_path / "configs"))
+def _as_project(root: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    shutil.copytree(REPO / "configs", root / "configs")
+    monkeypatch.setenv("MEDALIST_ROOT", str(root))
+    monkeypatch.setenv("MEDALIST_CONFIGS", str(root / "configs"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     # loading a competition sets this process's image pixel limit: each test starts from the default
     from medalist.core.competition import ImageInput
     from medalist.image import decode
 
     monkeypatch.setattr(decode, "_max_pixels", ImageInput.max_pixels)
-    return tmp_path
+    return root
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch):
+    """MEDALIST_ROOT → tmp_path, configs copied there (tests may edit them freely)."""
+    return _as_project(tmp_path, monkeypatch)
+
+
+@contextlib.contextmanager
+def project_at(root: Path):
+    """What `project` gives a test, at `root`, for the length of the block: for a module-scoped
+    fixture that builds a tree (trained runs, say) once. Tests get their own copy (`copy_tree`)."""
+    with pytest.MonkeyPatch.context() as mp:
+        yield _as_project(root, mp)
+
+
+def copy_tree(built: Path, project: Path) -> None:
+    """A tree built under `project_at` into this test's `project` (its configs replaced by the tree's)."""
+    shutil.rmtree(project / "configs")
+    shutil.copytree(built, project, dirs_exist_ok=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory) -> dict[str, Path]:
+    """tiny_text.py's tiny BERT and Qwen2 on disk, built once per session (seeded: the same weights
+    every build); tests only read them."""
+    from tiny_text import build_tiny_models
+
+    return build_tiny_models(tmp_path_factory.mktemp("tiny-text-models"))
 
 
 @pytest.fixture(scope="session")
@@ -62,12 +89,17 @@ def demo_folds(project, demo_data):
 def small_demo_folds(demo_folds, project):
     """`demo_folds` cut to 60 train rows a fold, and `quick`, a TF-IDF config that trains such a fold
     in a tenth of a second: for tests of what training does rather than how well."""
+    cut_demo(demo_folds, project)
+    return demo_folds
+
+
+def cut_demo(paths, root: Path) -> None:
+    """What `small_demo_folds` does to the demo's folds at `root` (its Paths)."""
     import pandas as pd
 
-    train = demo_folds.processed / "train.csv"
+    train = paths.processed / "train.csv"
     pd.read_csv(train, dtype=str, keep_default_na=False).groupby("fold").head(60).to_csv(train, index=False)
-    (project / "configs" / "models" / "quick.yaml").write_text("family: tfidf\nchar_ngrams: [3, 3]\nC: 1.0\n")
-    return demo_folds
+    (root / "configs" / "models" / "quick.yaml").write_text("family: tfidf\nchar_ngrams: [3, 3]\nC: 1.0\n")
 
 
 @pytest.fixture

@@ -10,24 +10,36 @@ import pandas as pd
 import pytest
 from scipy.stats import rankdata
 
+from conftest import copy_demo, copy_tree, cut_demo, project_at
 from medalist.bundle import digest, infer, kernel
 from medalist.core.competition import load_competition
-from medalist.core.config import UserError
+from medalist.core.config import Paths, UserError
 from medalist.core.io import read_csv
 from medalist.stages import bundle, ensemble, train
 
 
+@pytest.fixture(scope="module")
+def fitted_tree(tmp_path_factory, demo_data):
+    """Two quick TF-IDF runs and their ensemble (rank blend, exact matches on) on the small demo,
+    trained once for this module: each test gets its own copy (`fitted`)."""
+    with project_at(tmp_path_factory.mktemp("fitted")) as root:
+        copy_demo(demo_data, root)
+        cut_demo(Paths("demo"), root)
+        (root / "configs" / "models" / "quick2.yaml").write_text("family: tfidf\nchar_ngrams: [4, 4]\nC: 0.3\n")
+        cfg = root / "configs" / "ensemble.yaml"
+        cfg.write_text(cfg.read_text().replace("methods: [best, mean, rank, caruana, optimise, stack]", "methods: [rank]")
+                       .replace("exact_match: false", "exact_match: true"))
+        for m in ("quick", "quick2"):
+            train.run("demo", m)
+        ensemble.run("demo", ["quick", "quick2"])
+    return root
+
+
 @pytest.fixture
-def fitted(small_demo_folds, project):
-    """Two quick TF-IDF runs and their ensemble (rank blend, exact matches on) on the small demo."""
-    (project / "configs" / "models" / "quick2.yaml").write_text("family: tfidf\nchar_ngrams: [4, 4]\nC: 0.3\n")
-    cfg = project / "configs" / "ensemble.yaml"
-    cfg.write_text(cfg.read_text().replace("methods: [best, mean, rank, caruana, optimise, stack]", "methods: [rank]")
-                   .replace("exact_match: false", "exact_match: true"))
-    for m in ("quick", "quick2"):
-        train.run("demo", m)
-    ensemble.run("demo", ["quick", "quick2"])
-    return small_demo_folds
+def fitted(fitted_tree, project):
+    """`fitted_tree` copied into this test's project: its Paths (the test may change it freely)."""
+    copy_tree(fitted_tree, project)
+    return Paths("demo")
 
 
 def _submission(project, extra: str) -> None:

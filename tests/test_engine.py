@@ -79,8 +79,16 @@ def test_a_killed_run_resumes_to_the_uninterrupted_predictions(tmp_path):
     np.testing.assert_allclose(got["test"], whole.test_proba, atol=1e-5)
 
 
-def test_out_of_memory_halves_the_batch_once_and_keeps_the_step_count(tmp_path, monkeypatch, capsys):
-    plain = engine.fit_fold(ToyAdapter(), toy_config(), toy_fold(), tmp_path / "plain")
+@pytest.fixture(scope="module")
+def plain(tmp_path_factory):
+    """One fit of the plain toy config (seed 0) with TensorBoard logs in `logs/fold0` beside it,
+    for the tests that compare against it or read its logs: (result, its folder)."""
+    root = tmp_path_factory.mktemp("plain")
+    return engine.fit_fold(ToyAdapter(), toy_config(), toy_fold(root / "logs" / "fold0"), root / "fold0"), root
+
+
+def test_out_of_memory_halves_the_batch_once_and_keeps_the_step_count(plain, tmp_path, monkeypatch, capsys):
+    plain, _ = plain
     monkeypatch.setenv("MEDALIST_INJECT_OOM", "1")
     capsys.readouterr()
     res = engine.fit_fold(ToyAdapter(), toy_config(), toy_fold(), tmp_path / "oom")
@@ -92,9 +100,8 @@ def test_out_of_memory_halves_the_batch_once_and_keeps_the_step_count(tmp_path, 
     np.testing.assert_allclose(res.val_proba, plain.val_proba, atol=1e-5 if EXACT else 0.1)
 
 
-def test_tensorboard_events_hold_losses_lr_and_the_validation_score(tmp_path):
-    log_dir = tmp_path / "logs" / "fold0"
-    engine.fit_fold(ToyAdapter(), toy_config(), toy_fold(log_dir), tmp_path / "fold0")
+def test_tensorboard_events_hold_losses_lr_and_the_validation_score(plain):
+    log_dir = plain[1] / "logs" / "fold0"
     assert list(log_dir.glob("events.out.tfevents.*"))
     assert {"train/loss", "train/ce", "train/recon", "train/lr", "train/samples_per_s",
             "val/micro_f1"} <= _tags(log_dir)
@@ -120,10 +127,10 @@ def test_a_head_only_stage_leaves_the_body_untouched_and_the_adapter_sees_each_s
     assert not torch.equal(load_saved(tmp_path / "two").state_dict()["body.0.weight"], fresh["body.0.weight"])
 
 
-def test_several_seeds_average_fresh_models(tmp_path):
+def test_several_seeds_average_fresh_models(plain, tmp_path):
     fold = toy_fold()
     both = engine.fit_fold(ToyAdapter(), toy_config(n_seeds=2), fold, tmp_path / "both")
-    one = [engine.fit_fold(ToyAdapter(), toy_config(seed=s), fold, tmp_path / f"s{s}") for s in (0, 1)]
+    one = [plain[0], engine.fit_fold(ToyAdapter(), toy_config(seed=1), fold, tmp_path / "s1")]  # seeds 0 and 1
     np.testing.assert_allclose(both.val_proba, (one[0].val_proba + one[1].val_proba) / 2, atol=1e-6)
     np.testing.assert_allclose(both.test_proba, (one[0].test_proba + one[1].test_proba) / 2, atol=1e-6)
     assert both.info["seeds"] == [0, 1] and len(both.info["seed_scores"]) == 2

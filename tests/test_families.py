@@ -12,12 +12,7 @@ from medalist.core import config as C
 from medalist.models import FoldData
 from medalist.models.registry import FAMILIES, family_module
 from tiny_images import SHAPES, make_images
-from tiny_text import LABELS, build_tiny_models, make_texts
-
-
-@pytest.fixture(scope="module")
-def tiny_models(tmp_path_factory) -> dict[str, Path]:
-    return build_tiny_models(tmp_path_factory.mktemp("models"))
+from tiny_text import LABELS, make_texts
 
 
 def tiny_config(family: str, models: dict[str, Path]) -> dict:

@@ -18,7 +18,7 @@ from medalist.core.config import UserError
 from medalist.models import training
 from medalist.models.families import fusion
 from test_families import tiny_text_image_fold
-from tiny_text import LABELS, build_tiny_models
+from tiny_text import LABELS
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -31,12 +31,12 @@ def tiny(models: dict[str, Path], **extra) -> dict:
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(tmp_path_factory, tiny_models):
     import os
 
     os.environ["HF_HUB_OFFLINE"] = "1"
     root = tmp_path_factory.mktemp("fusion")
-    models = build_tiny_models(root)
+    models = tiny_models
     cfg = C.from_dict(fusion.Config, tiny(models), "fusion.yaml")
     fold = tiny_text_image_fold(root / "rows")
     res = fusion.fit_fold(cfg, fold, root / "fold0")

@@ -150,10 +150,8 @@ def test_a_run_asking_for_cpu_bf16_computes_its_forward_in_bf16(monkeypatch, tmp
 
 
 @pytest.fixture(scope="module")
-def tiny_bert(tmp_path_factory):
-    from tiny_text import build_tiny_models
-
-    return build_tiny_models(tmp_path_factory.mktemp("models"))["bert"]
+def tiny_bert(tiny_models):
+    return tiny_models["bert"]
 
 
 def _text_predictor(backbone, cpu_bf16_training: bool):

@@ -14,14 +14,9 @@ import pytest
 import yaml
 
 from conftest import interrupted_after_step, make_env
-from tiny_text import LABELS, build_tiny_models, make_texts
+from tiny_text import LABELS, make_texts
 
 MLM = {"max_length": 32, "batch_size": 8, "lr": 1e-3, "epochs": 2, "seed": 0}
-
-
-@pytest.fixture(scope="module")
-def tiny_models(tmp_path_factory) -> dict[str, Path]:
-    return build_tiny_models(tmp_path_factory.mktemp("models"))
 
 
 @pytest.fixture

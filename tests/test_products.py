@@ -108,10 +108,8 @@ def test_fusion_beats_each_modality_and_its_gain_comes_from_the_pictures(project
 
 
 @pytest.fixture(scope="module")
-def tiny_bert(tmp_path_factory):
-    from tiny_text import build_tiny_models
-
-    return build_tiny_models(tmp_path_factory.mktemp("tiny"))["bert"]
+def tiny_bert(tiny_models):
+    return tiny_models["bert"]
 
 
 def test_text_embeddings_are_computed_once_per_competition(tmp_path, tiny_bert):

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import make_env
+from conftest import copy_demo, copy_tree, make_env, project_at
 from medalist.core import generated
 from medalist.core.config import Paths, UserError
 from medalist.core.io import align, read_processed
@@ -24,19 +24,29 @@ FAST = {"family": "tfidf", "classifier": "sgd", "word_max_features": 20000, "cha
 PLANTED = "planted"  # a test row copied (upper-cased) from a fold-0 validation row
 
 
+@pytest.fixture(scope="module")
+def demo_tree(tmp_path_factory, demo_data):
+    """The demo's folds, a test row planted near a fold-0 validation row, and a finished teacher,
+    built once for this module: each test gets its own copy (`demo`)."""
+    with project_at(tmp_path_factory.mktemp("pseudo-demo")) as root:
+        copy_demo(demo_data, root)
+        paths = Paths("demo")
+        train, test = read_processed(paths)
+        source = train[train["fold"] == 0].iloc[0]
+        test.loc[0, ["id", "text"]] = [PLANTED, source["text"].upper()]
+        test.to_csv(paths.processed / "test.csv", index=False)
+        for name, cfg in (("fast", FAST), ("fast-b", {**FAST, "seed": 7, "char_ngrams": [2, 4]})):
+            (root / "configs" / "models" / f"{name}.yaml").write_text(yaml.safe_dump(cfg))
+        _pseudo_config(root, threshold=0.6)
+        train_stage.run("demo", "fast")
+    return root
+
+
 @pytest.fixture
-def demo(demo_folds, project):
-    """The demo's folds, a test row planted near a fold-0 validation row, and a finished teacher."""
-    paths = demo_folds
-    train, test = read_processed(paths)
-    source = train[train["fold"] == 0].iloc[0]
-    test.loc[0, ["id", "text"]] = [PLANTED, source["text"].upper()]
-    test.to_csv(paths.processed / "test.csv", index=False)
-    for name, cfg in (("fast", FAST), ("fast-b", {**FAST, "seed": 7, "char_ngrams": [2, 4]})):
-        (project / "configs" / "models" / f"{name}.yaml").write_text(yaml.safe_dump(cfg))
-    _pseudo_config(project, threshold=0.6)
-    train_stage.run("demo", "fast")
-    return paths
+def demo(demo_tree, project):
+    """`demo_tree` copied into this test's project: its Paths (the test may change it freely)."""
+    copy_tree(demo_tree, project)
+    return Paths("demo")
 
 
 def _pseudo_config(project, **values) -> None:

@@ -17,14 +17,9 @@ import pytest
 import yaml
 
 from conftest import interrupted_after_step
-from tiny_text import LABELS, build_tiny_models, make_texts
+from tiny_text import LABELS, make_texts
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def tiny_models(tmp_path_factory) -> dict[str, Path]:
-    return build_tiny_models(tmp_path_factory.mktemp("models"))
 
 
 def model_configs(models: dict[str, Path]) -> dict[str, dict]:
