@@ -71,6 +71,7 @@ def run(comp_name: str, model: str, use_gen: bool = False, folds: list[int] | No
     run's files from its finished folds (a fold not finished under this config is an error)."""
     comp = load_competition(comp_name)
     paths = Paths(comp.name)
+    load_model_config(model, comp)  # a config error is the first thing said, before any data is read
     state = _state()
     train, test = read_processed(paths)
     mod, cfg, name, cols, gen, resolved, cfg_hash = resolve_run(comp, paths, model, use_gen, gen_sources, train, test)
