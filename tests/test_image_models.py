@@ -86,6 +86,7 @@ def shapes_fold(root: Path) -> FoldData:
                     metric="accuracy")
 
 
+@pytest.mark.slow  # a kill-and-resume run (make test-all runs it)
 def test_a_tiny_timm_model_trains_in_stages_resumes_after_an_interruption_and_reloads(tmp_path):
     cfg = C.from_dict(image.Config, TINY, "tiny")
     fold = shapes_fold(tmp_path / "whole" / "data")

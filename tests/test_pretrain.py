@@ -55,6 +55,7 @@ def _fingerprint(path: Path) -> str:
     return backbone_fingerprint(AutoModelForSequenceClassification.from_pretrained(path, num_labels=len(LABELS)))
 
 
+@pytest.mark.slow  # a kill-and-resume run (make test-all runs it)
 def test_pretraining_resumes_after_an_interruption_and_a_run_trains_on_it(root, tiny_models, capsys):
     from medalist.stages import pretrain as pretrain_stage
     from medalist.stages import train as train_stage

@@ -238,6 +238,7 @@ def test_decoder_lora_trains_only_the_adapter_and_the_head(tiny_models, tmp_path
 # ---------------------------------------------------------------- resume (the engine's own: test_engine.py)
 
 
+@pytest.mark.slow  # a kill-and-resume run (make test-all runs it)
 def test_a_stopped_fold_predicts_from_its_checkpoint_and_train_resumes_it(tiny_models, tmp_path, monkeypatch):
     from medalist.core import config as C
     from medalist.models.families import hf_text
