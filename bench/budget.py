@@ -45,8 +45,13 @@ def part_budget(points: list[tuple[str, str]], dirs: dict[str, Path], work: Path
             continue
         root = _project(work / key.replace("@", "-"))
         env = {k: v for k, v in make_env().items() if k not in ("MEDALIST_MAKE_START", "BUDGET", "PRESET")}
-        rec = timed_stage(["make", "-C", str(root), "--no-print-directory", "all", f"COMP={comp}",
-                           f"COMP_DIR={dirs[comp]}", f"BUDGET={b}"], work / f"{key.replace('@', '-')}.log", env)
+        try:
+            rec = timed_stage(["make", "-C", str(root), "--no-print-directory", "all", f"COMP={comp}",
+                               f"COMP_DIR={dirs[comp]}", f"BUDGET={b}"], work / f"{key.replace('@', '-')}.log", env)
+        except RuntimeError as e:  # a failed point is a result too: its last line, and the next point runs
+            pts[key] = {"comp": comp, "budget": b, "budget_seconds": parse_duration(b), "git_sha": sha,
+                        "error": [line for line in str(e).splitlines() if line.strip()][-2:]}
+            continue
         c = load_competition(comp)
         sub = root / "submission" / comp / "submission.csv"
         rb = root / "results" / comp / "budget.json"
@@ -96,6 +101,9 @@ def render(r: dict) -> list[str]:
     rows = []
     for key in sorted(pts, key=lambda k: (pts[k]["comp"], pts[k]["budget_seconds"])):
         p = pts[key]
+        if "error" in p:
+            rows.append(f"| {p['comp']} | {p['budget']} | failed: {' '.join(p['error'])} | no | – | – | – | – | – | – | `{p['git_sha']}` |")
+            continue
         within = p["wall_seconds"] <= 1.05 * p["budget_seconds"]
         t = (p.get("test") or {}).get(p["metric"])
         rows.append(f"| {p['comp']} | {p['budget']} | {fmt(p['wall_seconds'])} ({100 * p['wall_seconds'] / p['budget_seconds']:.0f}%) | "

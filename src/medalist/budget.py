@@ -123,14 +123,16 @@ def _stratified_order(df, seed: int = 0):
     return sh.assign(_o=g.cumcount() / g["label"].transform("size")).sort_values("_o", kind="stable").drop(columns="_o")
 
 
-def probe(comp_name: str, models: list[str], cap_s: float) -> list[dict]:
+def probe(comp_name: str, models: list[str], cap_s: float, shared: tuple[str, ...] = (), shared_cap_s: float = 0.0) -> list[dict]:
     """Each model's fold 0, fitted on slices of its rows (training, validation and test alike),
     extrapolated to the whole fold. Slice A is small (48 rows, or six optimizer steps an epoch). A
     neural engine is costed from A's steady pace — the median optimizer step after the first two,
     times the fold's steps — plus its set-up and its prediction rate. Any other family fits slice B,
     a quarter of the rows, and is costed as B scaled to the fold plus what A paid beyond its rows
     (imports, loading a backbone: every fold job pays them). All within cap_s: a fit stopped there
-    gives a lower bound."""
+    gives a lower bound. A family in `shared` computes features for the whole competition on its
+    first fit and caches them by content (image_embed, fusion_embed): its slice A may take
+    shared_cap_s — that work is the run's own, done once — and its folds cost slice B scaled."""
     from medalist.core.competition import load_competition
     from medalist.core.io import read_processed
     from medalist.stages.train import resolve_run
@@ -159,12 +161,16 @@ def probe(comp_name: str, models: list[str], cap_s: float) -> list[dict]:
         batch = int(getattr(cfg, "batch_size", 0) or 0) * int(getattr(cfg, "grad_accum", 1) or 1) if trained else 0
         w = min(max(PROBE_MIN_ROWS, 6 * batch) / n, 0.25)  # slice A: six optimizer steps an epoch at least
         t0, used = time.time(), 0.0
+        once_shared = getattr(cfg, "family", "") in shared
         try:
-            t_a, info_a, steps = _fit_slice(mod, cfg, comp, cols, paths, (tr, va, te), 0.0, w, cap_s)
+            t_a, info_a, steps = _fit_slice(mod, cfg, comp, cols, paths, (tr, va, te), 0.0, w,
+                                            max(cap_s, shared_cap_s) if once_shared else cap_s)
         except _Timeout as e:
             t_a, info_a, steps = None, None, e.args[0] if e.args else []
         used = time.time() - t0
-        rec.update(fractions=[w], slice_s=[t_a])
+        rec.update(fractions=[w], slice_s=[t_a], shared=once_shared)
+        if once_shared:  # the features are cached now: slice B sees what each fold job will
+            used = 0.0
         if len(steps) >= 4:  # a neural engine: its steady pace (the median step after the first two)
             s_step = _median([b - a for a, b in zip(steps[2:], steps[3:])] or [steps[-1] - steps[-2]])
             epochs = float(getattr(cfg, "epochs", 1) or 1)
@@ -184,7 +190,8 @@ def probe(comp_name: str, models: list[str], cap_s: float) -> list[dict]:
             f_b = max(0.25, 2 * w) if w + max(0.25, 2 * w) <= 1 else 1 - w
             try:
                 t_b, info_b, _ = _fit_slice(mod, cfg, comp, cols, paths, (tr, va, te), w, f_b, max(1.0, cap_s - used))
-                once = max(0.0, t_a - t_b * w / f_b)  # what slice A paid beyond its rows: every fold job pays it
+                # what slice A paid beyond its rows: every fold job pays it (not the shared features: once)
+                once = 0.0 if once_shared else max(0.0, t_a - t_b * w / f_b)
                 rec.update(fractions=[w, f_b], slice_s=[t_a, t_b], fold_s=once + t_b / f_b,
                            predict_s=float(info_b.get("predict_seconds", 0.0)) / f_b)
             except _Timeout:
@@ -420,7 +427,9 @@ class Driver:
         result.unlink(missing_ok=True)
         with open(log, "w", encoding="utf-8") as fh:
             rc = subprocess.run([sys.executable, "-m", "medalist.budget", "probe", "--comp", self.comp.name,
-                                 "--models", " ".join(models), "--cap", str(cap), "--out", str(result)],
+                                 "--models", " ".join(models), "--cap", str(cap), "--out", str(result),
+                                 "--shared", " ".join(self.table.get("shared_features") or []),
+                                 "--shared-cap", str(0.25 * self.budget_s)],
                                 cwd=C.root(), env=e, stdout=fh, stderr=subprocess.STDOUT).returncode
         self.probe_s += time.time() - t
         if rc != 0 or not result.exists():
@@ -657,11 +666,13 @@ def main(argv: list[str] | None = None) -> None:
         ap.add_argument("--comp", required=True)
         ap.add_argument("--models", required=True)
         ap.add_argument("--cap", type=float, default=60.0)
+        ap.add_argument("--shared", default="", help="families whose first fit computes the competition's features")
+        ap.add_argument("--shared-cap", type=float, default=0.0)
         ap.add_argument("--out", required=True, help="the JSON list of results")
         a = ap.parse_args(args[1:])
         from medalist.core.io import write_json
 
-        write_json(Path(a.out), probe(a.comp, a.models.split(), a.cap))
+        write_json(Path(a.out), probe(a.comp, a.models.split(), a.cap, tuple(a.shared.split()), a.shared_cap))
         return
     ap = argparse.ArgumentParser(prog="python -m medalist.budget", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
