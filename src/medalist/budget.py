@@ -471,19 +471,8 @@ class Driver:
             room = self.left_s() - self.reserve_s - self.final_s(len(chosen) + 1) - sum(c.estimate_s for c in chosen)
             pick = r if r.estimate_s is not None and r.estimate_s <= room else None
             if pick is None:
-                for alt_name in self.smaller(r.name):
-                    if any(c.name == alt_name for c in chosen):
-                        continue
-                    alt = Run(alt_name, r.name, r.origin)
-                    alt.cfg_hash, _ = self._hash(alt_name)
-                    if alt.cfg_hash is None:
-                        continue
-                    self.cost(alt)
-                    self.probe_missing([alt])
-                    room = self.left_s() - self.reserve_s - self.final_s(len(chosen) + 1) - sum(c.estimate_s for c in chosen)
-                    if alt.estimate_s is not None and alt.estimate_s <= room:
-                        pick = alt
-                        break
+                pick = self.smaller_fit(r, r.name, chosen, lambda: self.left_s() - self.reserve_s - self.final_s(
+                    len(chosen) + 1) - sum(c.estimate_s for c in chosen))
             if pick is None:
                 r.decision = (f"left out: about {fmt(r.estimate_s)} ({r.source}), {fmt(max(0.0, room))} left"
                               if r.estimate_s is not None else "left out: not estimated")
@@ -492,6 +481,22 @@ class Driver:
             pick.decision = "planned" if pick is r else f"planned smaller, instead of {r.name} (about {fmt(r.estimate_s)})"
             chosen.append(pick)
         return chosen
+
+    def smaller_fit(self, run: Run, wanted: str, taken: list[Run], room) -> Run | None:
+        """The first of run's smaller configs (not already taken) whose cost fits room() — probed if
+        need be, which takes time, so room is asked after."""
+        for alt_name in self.smaller(run.name):
+            if any(t.name == alt_name for t in taken):
+                continue
+            alt = Run(alt_name, wanted, run.origin)
+            alt.cfg_hash, _ = self._hash(alt_name)
+            if alt.cfg_hash is None:
+                continue
+            self.cost(alt)
+            self.probe_missing([alt])
+            if alt.estimate_s is not None and alt.estimate_s <= room():
+                return alt
+        return None
 
     def take_back(self, queue: list[Run]) -> None:
         """Runs left out for want of room, taken back (cheapest first) where the time the runs so far
@@ -588,20 +593,11 @@ class Driver:
                 self.take_back(queue)
                 continue
             self.left.append(run)
-            room = self.deadline - time.time() - self.reserve_s - self.final_s(len(self.runs) + 1) - sum(q.estimate_s for q in queue)
-            for alt_name in self.smaller(run.name):
-                if any(r.name == alt_name for r in (*self.runs, *queue)):
-                    continue
-                alt = Run(alt_name, run.wanted, run.origin)
-                alt.cfg_hash, _ = self._hash(alt_name)
-                if alt.cfg_hash is None:
-                    continue
-                self.cost(alt)
-                self.probe_missing([alt])
-                if alt.estimate_s is not None and alt.estimate_s <= room:
-                    alt.decision = f"planned smaller, restarted instead of {run.name}"
-                    queue.insert(0, alt)
-                    break
+            alt = self.smaller_fit(run, run.wanted, [*self.runs, *queue], lambda: self.left_s() - self.reserve_s - self.final_s(
+                len(self.runs) + 1) - sum(q.estimate_s for q in queue))
+            if alt is not None:
+                alt.decision = f"planned smaller, restarted instead of {run.name}"
+                queue.insert(0, alt)
         if not self.runs:
             raise UserError(f"BUDGET={self.budget_text}: no run finished in time: give a larger budget")
         names = [r.name for r in self.runs]
